@@ -1,0 +1,47 @@
+"""Anti-aliased down- and up-sampling (Zhang, "Making convolutional networks shift-invariant
+again", ICML 2019), as CUT uses them in its generator and discriminator.
+
+The binomial filters are registered buffers named ``filt`` (one copy per channel), because the
+reference checkpoints contain them; they are constants.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _binomial_filter(taps: list[float], channels: int, scale: float) -> Tensor:
+    row = torch.tensor(taps, dtype=torch.float32)
+    kernel = torch.outer(row, row)
+    kernel = kernel / kernel.sum() * scale
+    return kernel.expand(channels, 1, *kernel.shape).contiguous()
+
+
+class Downsample(nn.Module):
+    """Blur with outer([1, 2, 1]) / 16, then keep every second pixel (reflect padding)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("filt", _binomial_filter([1.0, 2.0, 1.0], channels, 1.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(x, self.filt, stride=2, groups=self.channels)
+
+
+class Upsample(nn.Module):
+    """Zero-insertion x2 upsampling with outer([1, 3, 3, 1]) / 64 * 4 (replicate padding); the
+    transposed conv gives 2H + 2 rows, of which the first and the last are dropped."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("filt", _binomial_filter([1.0, 3.0, 3.0, 1.0], channels, 4.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        y = F.conv_transpose2d(x, self.filt, stride=2, padding=2, groups=self.channels)
+        return y[:, :, 1:-1, 1:-1]

@@ -1,0 +1,78 @@
+"""Normalisation factory and weight initialisation shared by every network.
+
+The CycleGAN family builds its networks as flat ``nn.Sequential`` stacks of plain layers, so that
+a layer's index is the same as in the reference implementations (CUT picks its PatchNCE features
+by those indices, and checkpoints load both ways). The builders here return lists of layers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+NORMS = ("instance", "batch", "none")
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The per-channel normalisation named ``kind``.
+
+    instance: InstanceNorm2d without affine parameters or running statistics (so it has no
+    state-dict keys), biased variance, eps 1e-5 — the CycleGAN/CUT default.
+    batch: BatchNorm2d with affine parameters and running statistics.
+    none: identity (it still takes a slot in a Sequential, keeping layer indices stable).
+    """
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
+
+
+def conv_bias_for(norm: str) -> bool:
+    """Whether a conv followed by ``norm`` carries a bias, as in the reference implementations.
+
+    Batch norm has its own shift, so the conv drops its bias. The reference decides this by
+    checking for InstanceNorm, so with ``norm='none'`` the convs have no bias either — a quirk we
+    keep so that its checkpoints load and parameter counts match.
+    """
+    return norm == "instance"
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
+    """Initialise conv and linear weights (biases to 0) and batch-norm scales ~ N(1, gain).
+
+    normal: N(0, gain) (CycleGAN, pix2pix); xavier: Glorot normal with ``gain`` (CUT);
+    kaiming: He normal, fan-in; orthogonal: with ``gain``.
+    """
+    if init_type not in INIT_TYPES:
+        raise ValueError(f"init_type must be one of {', '.join(INIT_TYPES)}, got {init_type!r}")
+
+    def init_module(module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if init_type == "normal":
+                nn.init.normal_(module.weight, 0.0, gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(module.weight, gain=gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(module.weight, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(module.weight, gain=gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, gain)
+            nn.init.zeros_(module.bias)
+
+    net.apply(init_module)
+    return net
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+ActivationFactory = Callable[[], nn.Module]
