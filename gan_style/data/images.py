@@ -1,0 +1,184 @@
+"""Finding, decoding and converting images.
+
+Every decoded image becomes 8-bit RGB, whatever its file stores (grey, alpha, palette, CMYK,
+16 bits per channel), so the rest of the pipeline sees one format. Tensors use the reference
+CycleGAN convention: float32 (C, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+#: File name suffixes treated as images (compared case-insensitively).
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+)
+
+# Background used when an image has transparency. PIL's plain convert("RGB") drops the alpha
+# channel and reveals whatever colour the transparent pixels happen to store (often black);
+# white matches how image viewers and browsers show such files.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"LA", "La", "RGBA", "RGBa", "PA"})
+
+
+class DatasetError(ValueError):
+    """A problem with the data on disk; the message names the path and how to fix it."""
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _is_hidden(name: str) -> bool:
+    # Dot files include macOS "._name.jpg" resource forks, which carry an image suffix but are
+    # not images; "__MACOSX" folders hold the same in zip archives made on a Mac.
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def find_images(
+    folder: str | os.PathLike[str],
+    recursive: bool = True,
+    max_count: int | None = None,
+) -> list[Path]:
+    """Return the image files in ``folder``, sorted by path, at most ``max_count`` of them.
+
+    Hidden files and folders (name starting with ".", and "__MACOSX") are ignored. Raises
+    :class:`DatasetError` if the folder does not exist or holds no image.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise DatasetError(
+            f"Image folder {folder} {what}. An unpaired dataset is a folder <root> with one "
+            f"sub-folder of images per domain and phase: <root>/trainA and <root>/trainB "
+            f"(and <root>/testA, <root>/testB for testing). Check the dataset root, or fetch a "
+            f"public dataset with `python datasets/download.py NAME`."
+        )
+    images: list[Path] = []
+    if recursive:
+        for directory, subdirs, files in os.walk(folder, followlinks=True):
+            subdirs[:] = [d for d in subdirs if not _is_hidden(d)]
+            base = Path(directory)
+            images.extend(base / f for f in files if is_image_file(f) and not _is_hidden(f))
+    else:
+        images = [p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not _is_hidden(p.name)]
+    images.sort()
+    if not images:
+        raise DatasetError(
+            f"Image folder {folder} contains no images"
+            f"{'' if recursive else ' (sub-folders not searched)'}. Accepted file extensions "
+            f"(any case): {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    if max_count is not None:
+        images = images[:max_count]
+    return images
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode ``path`` into an 8-bit RGB image, upright according to its EXIF orientation.
+
+    Conversions:
+
+    * grey ("1", "L") is replicated to three channels;
+    * transparency (LA, RGBA, palette with transparency) is composited onto white;
+    * 16-bit images ("I;16*", and "I" which is how 16-bit data may be decoded) are mapped to
+      8 bits by keeping the high byte (value >> 8, clipped to 0..65535 first). That is an
+      exact inverse of the usual 8-to-16-bit expansion (v * 257), uses bins of equal width, and
+      matches what Pillow itself does when it decodes 48-bit RGB PNG and TIFF files, so grey and
+      colour 16-bit files are treated alike. (PIL's convert("RGB") would instead clip every value
+      above 255 to white.)
+    * 32-bit float images ("F") are taken to hold values in [0, 1];
+    * CMYK and the other colour spaces use Pillow's conversion (embedded ICC profiles are not
+      applied).
+
+    Raises :class:`DatasetError` naming the file if it is missing, empty, truncated or not an
+    image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # decode now, so truncated data fails here rather than later
+            upright = ImageOps.exif_transpose(opened)
+            return _to_rgb(upright)
+    except DatasetError:
+        raise
+    except Exception as error:  # Pillow raises many types: OSError, SyntaxError, ValueError...
+        raise DatasetError(
+            f"Cannot read image {path}: {type(error).__name__}: {error}. The file is missing, "
+            f"empty, truncated or not an image; replace or delete it."
+        ) from error
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to a new 8-bit RGB image (never returns ``img`` itself)."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(img).astype(np.int64)
+        grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0)
+        grey = np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode == "P":
+        # A palette may hold transparency in its entries or as a "transparency" key; going
+        # through RGBA covers both, and fully opaque pixels keep their exact colour.
+        return _composite_on_background(img.convert("RGBA"))
+    if mode in _ALPHA_MODES:
+        return _composite_on_background(img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def _composite_on_background(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB or grey image -> float32 tensor (C, H, W) in [-1, 1].
+
+    Numerically identical to ``Normalize(0.5, 0.5)(ToTensor()(img))`` as used by the reference.
+    """
+    if img.mode not in ("RGB", "L"):
+        raise ValueError(f"pil_to_tensor expects an RGB or L image, got mode {img.mode!r}.")
+    array = np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only buffers
+    if array.ndim == 2:
+        array = array[:, :, None]
+    tensor = torch.from_numpy(array).permute(2, 0, 1).float().div(255)
+    return (tensor - 0.5) / 0.5
+
+
+def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
+    """Float tensor in [-1, 1] -> 8-bit RGB image, exactly as the reference's ``tensor2im``.
+
+    Accepts (C, H, W) or a batch of one (1, C, H, W); one channel is repeated to three.
+    The value is ``(y + 1) / 2 * 255`` computed in float32 and *truncated* to uint8 (no
+    rounding), so saved images match the reference byte for byte. Values outside [-1, 1] (and
+    NaN) are clipped first; that does not change values inside the range.
+    """
+    if tensor.dim() == 4:
+        if tensor.shape[0] != 1:
+            raise ValueError(f"tensor_to_pil takes one image, got a batch of {tensor.shape[0]}.")
+        tensor = tensor[0]
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
+        raise ValueError(f"tensor_to_pil expects a (C, H, W) tensor with C in (1, 3), got {tuple(tensor.shape)}.")
+    array = tensor.detach().cpu().float().numpy()
+    if array.shape[0] == 1:
+        array = np.tile(array, (3, 1, 1))
+    array = (np.transpose(array, (1, 2, 0)) + 1) / 2.0 * 255.0
+    array = np.clip(np.nan_to_num(array, nan=0.0), 0, 255)
+    return Image.fromarray(array.astype(np.uint8))
