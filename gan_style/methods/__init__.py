@@ -1,0 +1,25 @@
+"""The registry of training methods: name -> "module:Class", imported on first use so that
+``gan-style`` starts fast and a method's optional dependencies load only when it is used."""
+
+from __future__ import annotations
+
+import importlib
+
+from gan_style.methods.base import Method
+
+METHODS: dict[str, str] = {
+    "cyclegan": "gan_style.methods.cyclegan:CycleGAN",
+    "adain": "gan_style.methods.nst.adain:AdaINTraining",
+}
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    module_name, _, class_name = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def register_method(name: str, target: str) -> None:
+    """Make ``target`` ("package.module:Class") available as ``name`` (for extensions)."""
+    METHODS[name] = target

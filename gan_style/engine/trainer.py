@@ -1,0 +1,357 @@
+"""The one generic trainer: it runs any ``Method`` through ``accelerate``.
+
+It owns everything a method should not have to write: devices, DDP and mixed precision (through
+``accelerate``), optimisers and learning-rate schedules, freezing the networks a phase does not
+train, the data order (sharded across processes, reproducible per epoch), tensorboard scalars
+and image grids, a progress bar, and full checkpoint/resume (networks, optimisers, schedulers,
+the method's own state such as image pools, RNG states and counters).
+
+Exact resume: the data order of an epoch is a permutation drawn from (seed, epoch); each item's
+augmentation randomness comes from (seed, epoch, index) inside the dataset; the global RNG states
+and the position inside the epoch are checkpointed. A run stopped after step k and resumed gives
+the same losses at step k + 1, k + 2, ... as a run that was never stopped (tested on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from gan_style.config import dump_yaml, to_dict
+from gan_style.engine.checkpoint import FORMAT, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from gan_style.engine.schedules import build_scheduler
+from gan_style.methods.base import Method, OptimizerSpec, StepContext
+
+
+@dataclass
+class Progress:
+    """Where the run stands. ``epoch`` is the reference's epoch number (starting at
+    ``train.epoch_count``), ``batch_in_epoch`` the number of batches of it already done."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    if isinstance(batch, Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def epoch_order(num_items: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """The item order of one epoch: a permutation drawn from (seed, epoch), or 0..n-1."""
+    if not shuffle:
+        return list(range(num_items))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_items, generator=generator).tolist()
+
+
+def shard_batches(order: list[int], batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """This process's batches of an epoch. Every process gets the same number of batches (the
+    order is padded by wrapping around, like DistributedSampler), and the last partial global
+    batch is kept."""
+    global_batch = batch_size * world_size
+    num_batches = max(1, math.ceil(len(order) / global_batch))
+    padded = (order * (num_batches * global_batch // max(1, len(order)) + 1))[: num_batches * global_batch]
+    mine = padded[rank::world_size]
+    return [mine[i * batch_size : (i + 1) * batch_size] for i in range(num_batches)]
+
+
+class Trainer:
+    def __init__(self, method: Method, run_dir: str | Path | None = None, accelerator: Accelerator | None = None, show_progress: bool = True):
+        self.method = method
+        self.config = method.config.train
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.accelerator = accelerator or Accelerator(mixed_precision=self.config.mixed_precision)
+        self.device = self.accelerator.device
+        self.show_progress = show_progress and self.accelerator.is_main_process
+        self.progress = Progress(epoch=self.config.epoch_count)
+        # Same seed on every process: identical initial weights (DDP also broadcasts them).
+        torch.manual_seed(self.config.seed)
+        networks = method.build_networks()
+        self._raw: dict[str, nn.Module] = {}
+        for name, net in networks.items():
+            net = net.to(self.device)
+            if self.config.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            self._raw[name] = net
+        self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}
+        self._check_optimizer_specs()
+        optimizers = {name: self._build_optimizer(spec) for name, spec in self.optimizer_specs.items()}
+        trained_names = sorted({n for spec in self.optimizer_specs.values() for n in spec.networks})
+        prepared = self.accelerator.prepare(*[self._raw[n] for n in trained_names], *optimizers.values())
+        self.nets: dict[str, nn.Module] = dict(self._raw)
+        self.nets.update(zip(trained_names, prepared[: len(trained_names)]))
+        self.optimizers = dict(zip(optimizers.keys(), prepared[len(trained_names) :]))
+        if self.config.compile:
+            self.nets = {name: torch.compile(net) for name, net in self.nets.items()}
+        self.schedulers = {name: build_scheduler(opt, self.config) for name, opt in self.optimizers.items()}
+        self.phases = method.phases()
+        self.last_visuals: dict[str, Tensor] = {}
+        self._writer = None
+
+    # -- construction helpers ------------------------------------------------------------------
+    def _check_optimizer_specs(self) -> None:
+        for spec in self.optimizer_specs.values():
+            unknown = [n for n in spec.networks if n not in self._raw]
+            if unknown:
+                raise ValueError(f"optimizer {spec.name!r} names unknown networks {unknown}; networks: {sorted(self._raw)}")
+
+    def _build_optimizer(self, spec: OptimizerSpec) -> torch.optim.Optimizer:
+        params = [p for name in spec.networks for p in self._raw[name].parameters()]
+        # foreach: one fused update over all tensors instead of a Python loop per parameter.
+        kwargs = dict(lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, foreach=True)
+        if spec.kind == "adam":
+            return torch.optim.Adam(params, **kwargs)
+        if spec.kind == "adamw":
+            return torch.optim.AdamW(params, **kwargs)
+        raise ValueError(f"unknown optimizer kind {spec.kind!r}")
+
+    def unwrapped(self, name: str) -> nn.Module:
+        return self._raw[name]
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        """The plain (unwrapped) networks."""
+        return dict(self._raw)
+
+    # -- one iteration -------------------------------------------------------------------------
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Run every phase of one iteration on ``batch``; return the detached loss terms and logs."""
+        batch = _to_device(batch, self.device, self.config.channels_last)
+        carry: dict[str, Any] = {}
+        logs: dict[str, Tensor] = {}
+        for phase in self.phases:
+            spec = self.optimizer_specs[phase.optimizer]
+            trained = set(spec.networks)
+            for name, net in self._raw.items():
+                net.requires_grad_(name in trained)
+            # Networks this phase trains are the (DDP-)wrapped ones; the others are used plain,
+            # frozen, so DDP expects no gradient for them.
+            view = {name: (self.nets[name] if name in trained else self._raw[name]) for name in self._raw}
+            optimizer = self.optimizers[phase.optimizer]
+            optimizer.zero_grad(set_to_none=True)
+            with self.accelerator.autocast():
+                out = phase.step(StepContext(view, carry, self.progress.step, self.progress.epoch), batch)
+            total = sum(out.losses.values())
+            self.accelerator.backward(total)
+            optimizer.step()
+            carry.update(out.carry)
+            for key, value in out.losses.items():
+                logs[f"loss/{key}"] = value.detach()
+            for key, value in out.logs.items():
+                logs[f"{phase.name}/{key}"] = value.detach() if isinstance(value, Tensor) else torch.tensor(value)
+        for net in self._raw.values():
+            net.requires_grad_(True)
+        self._last_batch, self._last_carry = batch, carry
+        return logs
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _batches(self, dataset: torch.utils.data.Dataset, epoch: int, skip: int) -> Iterator[Any]:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        order = epoch_order(len(dataset), self.config.seed, epoch, getattr(dataset, "shuffle", True))
+        batches = shard_batches(order, self.config.batch_size, self.accelerator.process_index, self.accelerator.num_processes)
+        num_workers = getattr(getattr(self.method.config, "data", None), "num_workers", 0)
+        loader = DataLoader(dataset, batch_sampler=batches[skip:], num_workers=num_workers)
+        return iter(loader)
+
+    def batches_per_epoch(self, dataset: torch.utils.data.Dataset) -> int:
+        return len(shard_batches(list(range(len(dataset))), self.config.batch_size, 0, self.accelerator.num_processes))
+
+    def fit(self) -> Progress:
+        """Train until the epoch schedule ends or a budget (max_steps, max_minutes) is reached."""
+        cfg = self.config
+        dataset = self.method.build_dataset(cfg.seed)
+        per_epoch = self.batches_per_epoch(dataset)
+        last_epoch = cfg.epoch_count + cfg.total_epochs - 1
+        planned = (last_epoch - self.progress.epoch + 1) * per_epoch - self.progress.batch_in_epoch + self.progress.step
+        if cfg.max_steps is not None:
+            planned = min(planned, cfg.max_steps)
+        self._open_logs()
+        bar = None
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=planned, initial=self.progress.step, desc=f"{self.method.name}", unit="it", dynamic_ncols=True)
+        started = time.monotonic()
+        window: dict[str, list[Tensor]] = defaultdict(list)
+        stop = False
+        while self.progress.epoch <= last_epoch and not stop:
+            for batch in self._batches(dataset, self.progress.epoch, self.progress.batch_in_epoch):
+                logs = self.train_step(batch)
+                self.progress.step += 1
+                self.progress.batch_in_epoch += 1
+                for key, value in logs.items():
+                    window[key].append(value)
+                if bar is not None:
+                    bar.update(1)
+                step = self.progress.step
+                if step % cfg.log_every == 0:
+                    means = self._log_scalars(window)
+                    window.clear()
+                    if bar is not None:
+                        bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in means.items() if k.startswith("loss/")}, refresh=False)
+                if step % cfg.image_every == 0:
+                    self._log_images()
+                if step % cfg.save_every == 0:
+                    self.save()
+                out_of_steps = cfg.max_steps is not None and step >= cfg.max_steps
+                out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+                if out_of_steps or out_of_time:
+                    stop = True
+                    break
+            else:
+                self._end_epoch()
+        if window:
+            self._log_scalars(window)
+        self._log_images()
+        self.save()
+        if bar is not None:
+            bar.close()
+        if self._writer is not None:
+            self._writer.flush()
+        return self.progress
+
+    def _end_epoch(self) -> None:
+        for scheduler in self.schedulers.values():
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(0)  # the reference monitors nothing; keep its behaviour
+            else:
+                scheduler.step()
+        self.progress.epoch += 1
+        self.progress.batch_in_epoch = 0
+
+    # -- logging -------------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        if self.run_dir is None or not self.accelerator.is_main_process or self._writer is not None:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(self.method.config, self.run_dir / "config.yaml")
+        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _log_scalars(self, window: Mapping[str, list[Tensor]]) -> dict[str, float]:
+        # One host sync per logging interval, not per step.
+        means = {k: float(torch.stack(v).float().mean()) for k, v in window.items() if v}
+        if self._writer is not None:
+            for key, value in means.items():
+                self._writer.add_scalar(key, value, self.progress.step)
+            for name, optimizer in self.optimizers.items():
+                self._writer.add_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"], self.progress.step)
+        return means
+
+    def _log_images(self) -> None:
+        if not hasattr(self, "_last_batch") or self.run_dir is None or not self.accelerator.is_main_process:
+            return
+        import torchvision
+
+        visuals = self.method.visuals(self._last_batch, self._last_carry)
+        if not visuals:
+            return
+        # First image of the batch for every visual, in the method's order; grey images
+        # are shown as RGB. Row length 4 puts CycleGAN's A and B rows under each other.
+        tiles = []
+        for image in visuals.values():
+            tile = image[:1].detach().float().cpu()
+            tiles.append(tile.expand(-1, 3, -1, -1) if tile.shape[1] == 1 else tile[:, :3])
+        size = tiles[0].shape[-2:]
+        tiles = [t if t.shape[-2:] == size else torch.nn.functional.interpolate(t, size=size) for t in tiles]
+        grid = torchvision.utils.make_grid(torch.cat(tiles), nrow=4, normalize=True, value_range=(-1, 1))
+        self._writer.add_image("samples", grid, self.progress.step)
+        samples = self.run_dir / "samples"
+        samples.mkdir(parents=True, exist_ok=True)
+        torchvision.utils.save_image(grid, samples / f"step_{self.progress.step:08d}.png")
+        self.last_visuals = visuals
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "method": self.method.name,
+            "config": to_dict(self.method.config),
+            "networks": {name: net.state_dict() for name, net in self._raw.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": {name: sch.state_dict() for name, sch in self.schedulers.items()},
+            "progress": {"step": self.progress.step, "epoch": self.progress.epoch, "batch_in_epoch": self.progress.batch_in_epoch},
+            "local": self._local_state(),
+        }
+
+    def _local_state(self) -> dict[str, Any]:
+        """State that differs between processes: RNGs and the method's own (image pools)."""
+        return {"rng": rng_state(), "method": self.method.state_dict()}
+
+    def save(self, path: str | Path | None = None) -> Path | None:
+        """Write the full training state; every process writes its own local state beside it."""
+        if self.run_dir is None and path is None:
+            return None
+        ckpt_dir = self.run_dir / "checkpoints" if path is None else Path(path).parent
+        target = Path(path) if path is not None else ckpt_dir / "latest.pt"
+        self.accelerator.wait_for_everyone()
+        rank = self.accelerator.process_index
+        if self.accelerator.is_main_process:
+            state = self.state_dict()
+            atomic_torch_save(state, target)
+            if path is None:
+                snapshot = ckpt_dir / f"step_{self.progress.step:08d}.pt"
+                atomic_torch_save(state, snapshot)
+                self._prune_snapshots(ckpt_dir)
+        if rank > 0:
+            atomic_torch_save(self._local_state(), target.with_name(f"{target.stem}.rank{rank}.pt"))
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def _prune_snapshots(self, ckpt_dir: Path) -> None:
+        snapshots = sorted(ckpt_dir.glob("step_*.pt"))
+        for old in snapshots[: max(0, len(snapshots) - self.config.keep_checkpoints)]:
+            old.unlink(missing_ok=True)
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by ``save`` (the config must build the same networks)."""
+        path = Path(path)
+        state = load_checkpoint(path)
+        for name, net in self._raw.items():
+            if name not in state["networks"]:
+                raise ValueError(f"{path} has no weights for network {name!r}")
+            net.load_state_dict(state["networks"][name])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        self.progress = Progress(**state["progress"])
+        local = state["local"]
+        rank = self.accelerator.process_index
+        rank_file = path.with_name(f"{path.stem}.rank{rank}.pt")
+        if rank > 0 and rank_file.is_file():
+            local = torch.load(rank_file, map_location="cpu", weights_only=True)
+        self.method.load_state_dict(local["method"])
+        set_rng_state(local["rng"])
+
+    def summary(self) -> str:
+        lines = [f"run folder: {self.run_dir}"]
+        if self.run_dir is not None:
+            lines += [
+                f"  checkpoints: {self.run_dir / 'checkpoints' / 'latest.pt'}",
+                f"  samples:     {self.run_dir / 'samples'}",
+                f"  tensorboard: tensorboard --logdir {self.run_dir / 'tensorboard'}",
+            ]
+        return "\n".join(lines)
+
