@@ -15,12 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from gan_style.hub.errors import CheckpointLayoutError, LayoutMismatch
-from gan_style.hub import pix2pix_family
+from gan_style.hub import cut_family, pix2pix_family
 
 Importer = Callable[[dict[str, Tensor]], tuple[nn.Module, Any]]
 
 #: tried in order; later methods append their importers here
-IMPORTERS: list[Importer] = list(pix2pix_family.IMPORTERS)
+IMPORTERS: list[Importer] = [*pix2pix_family.IMPORTERS, *cut_family.IMPORTERS]
 
 
 def read_checkpoint_file(path: str | Path) -> Any:
