@@ -31,6 +31,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 # white matches how image viewers and browsers show such files.
 ALPHA_BACKGROUND = (255, 255, 255)
 
+_EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"LA", "La", "RGBA", "RGBa", "PA"})
 
@@ -112,8 +113,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(path) as opened:
             opened.load()  # decode now, so truncated data fails here rather than later
-            upright = ImageOps.exif_transpose(opened)
-            return _to_rgb(upright)
+            return _to_rgb(_upright(opened))
     except DatasetError:
         raise
     except Exception as error:  # Pillow raises many types: OSError, SyntaxError, ValueError...
@@ -121,6 +121,17 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
             f"Cannot read image {path}: {type(error).__name__}: {error}. The file is missing, "
             f"empty, truncated or not an image; replace or delete it."
         ) from error
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag, if any (cameras store portrait shots sideways)."""
+    try:
+        if img.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+            return img  # the common case: no copy
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        # Malformed EXIF metadata should not cost a readable image; keep it as stored.
+        return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
