@@ -313,7 +313,8 @@ def _render_painting(scene: _Scene, rng: np.random.Generator, size: int) -> np.n
     image = _mix(image, sun_color, np.clip(scene.sun_radius - distance + 0.5, 0.0, 1.0))
     for star_x, star_y in scene.stars:
         star_distance = np.hypot(xs - star_x, ys - star_y)
-        image = _mix(image, (255, 240, 120), np.exp(-((star_distance / 2.2) ** 2)) * (0.5 + 0.5 * np.cos(star_distance * 2.5)))
+        star_halo = np.exp(-((star_distance / 2.2) ** 2)) * (0.5 + 0.5 * np.cos(star_distance * 2.5))
+        image = _mix(image, (255, 240, 120), star_halo)
 
     for hill in scene.hills:
         color = np.asarray(far_hill) * (1 - hill.depth) + np.asarray(near_hill) * hill.depth
