@@ -15,11 +15,12 @@ the same losses at step k + 1, k + 2, ... as a run that was never stopped (teste
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from accelerate import Accelerator
@@ -74,12 +75,20 @@ def shard_batches(order: list[int], batch_size: int, rank: int, world_size: int)
     return [mine[i * batch_size : (i + 1) * batch_size] for i in range(num_batches)]
 
 
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """An Accelerator for this process. Without CUDA it is told to use the CPU: accelerate then
+    sets up gloo DDP when launched with several processes (``accelerate launch --multi_gpu
+    --num_processes 2`` or ``torchrun``), instead of silently running each process alone."""
+    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return Accelerator(mixed_precision=mixed_precision, cpu=use_cpu)
+
+
 class Trainer:
     def __init__(self, method: Method, run_dir: str | Path | None = None, accelerator: Accelerator | None = None, show_progress: bool = True):
         self.method = method
         self.config = method.config.train
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.accelerator = accelerator or Accelerator(mixed_precision=self.config.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(self.config.mixed_precision)
         self.device = self.accelerator.device
         self.show_progress = show_progress and self.accelerator.is_main_process
         self.progress = Progress(epoch=self.config.epoch_count)
@@ -176,8 +185,11 @@ class Trainer:
     def batches_per_epoch(self, dataset: torch.utils.data.Dataset) -> int:
         return len(shard_batches(list(range(len(dataset))), self.config.batch_size, 0, self.accelerator.num_processes))
 
-    def fit(self) -> Progress:
-        """Train until the epoch schedule ends or a budget (max_steps, max_minutes) is reached."""
+    def fit(self, on_step: Callable[[int, dict[str, Tensor]], None] | None = None) -> Progress:
+        """Train until the epoch schedule ends or a budget (max_steps, max_minutes) is reached.
+
+        ``on_step(step, logs)`` is called after every iteration with its detached loss terms.
+        """
         cfg = self.config
         dataset = self.method.build_dataset(cfg.seed)
         per_epoch = self.batches_per_epoch(dataset)
@@ -201,6 +213,8 @@ class Trainer:
                 self.progress.batch_in_epoch += 1
                 for key, value in logs.items():
                     window[key].append(value)
+                if on_step is not None:
+                    on_step(self.progress.step, logs)
                 if bar is not None:
                     bar.update(1)
                 step = self.progress.step

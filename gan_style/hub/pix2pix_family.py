@@ -56,7 +56,8 @@ def import_resnet_generator(state: dict[str, Tensor]) -> tuple[nn.Module, Genera
     first_up = blocks[-1] + 1
     antialias_up = f"model.{first_up}.filt" in state
     # With dropout the second conv of a block moves from index 5 to 6.
-    dropout = f"model.{blocks[0]}.conv_block.6.weight" in state
+    second_conv = state.get(f"model.{blocks[0]}.conv_block.6.weight")
+    dropout = second_conv is not None and second_conv.ndim == 4
     last_conv = max(_layer_indices(state, r"model\.(\d+)\.weight"))
     spec = GeneratorSpec(
         kind=f"resnet_{len(blocks)}blocks",

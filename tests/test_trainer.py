@@ -1,0 +1,137 @@
+"""The generic trainer: exact resume, atomic checkpoints, schedules, logging outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from gan_style.config import apply_overrides
+from gan_style.engine import checkpoint as checkpoint_module
+from gan_style.engine.checkpoint import load_checkpoint
+from gan_style.engine.trainer import Trainer, epoch_order, shard_batches
+from gan_style.methods.base import config_from_overrides
+from gan_style.methods.cyclegan import CycleGAN
+
+TINY = {
+    "ngf": 4,
+    "ndf": 4,
+    "netG": "resnet_6blocks",
+    "pool_size": 2,
+    "data": {"root": "demo", "load_size": 36, "crop_size": 32, "max_dataset_size": 4},
+    "train": {"n_epochs": 1, "n_epochs_decay": 2, "log_every": 2, "image_every": 3, "save_every": 1000, "channels_last": True},
+}
+
+
+def tiny_config(**train):
+    config = config_from_overrides(CycleGAN, "paper", TINY)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+
+
+def record(history):
+    def on_step(step, logs):
+        history[step] = {k: v.clone() for k, v in logs.items()}
+
+    return on_step
+
+
+def test_resumed_run_continues_exactly(tmp_path, demo_cache):
+    """Stop after step 3 (mid-epoch 1), resume, and get the same losses at steps 4..9 (crossing two
+    epoch boundaries and a learning-rate change) as a run that was never stopped."""
+    straight: dict[int, dict] = {}
+    Trainer(CycleGAN(tiny_config(max_steps=9)), tmp_path / "straight", show_progress=False).fit(record(straight))
+
+    first = Trainer(CycleGAN(tiny_config(max_steps=3)), tmp_path / "split", show_progress=False)
+    first.fit()
+    saved = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
+    assert saved["progress"] == {"step": 3, "epoch": 1, "batch_in_epoch": 3}
+    del first
+
+    config = apply_overrides(CycleGAN.Config(), saved["config"])
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=9))
+    resumed = Trainer(CycleGAN(config), tmp_path / "split", show_progress=False)
+    resumed.load(tmp_path / "split" / "checkpoints" / "latest.pt")
+    continued: dict[int, dict] = {}
+    resumed.fit(record(continued))
+
+    assert sorted(continued) == [4, 5, 6, 7, 8, 9]
+    for step in continued:
+        for key, value in straight[step].items():
+            assert torch.equal(continued[step][key], value), f"step {step} {key}: {continued[step][key]} != {value}"
+    # The linear policy decayed the rate at the epoch boundaries, the same way in both runs.
+    assert resumed.optimizers["G"].param_groups[0]["lr"] == pytest.approx(2e-4 * (1 - 2 / 3))
+
+
+def test_run_folder_has_logs_samples_and_checkpoint(tmp_path, demo_cache):
+    trainer = Trainer(CycleGAN(tiny_config(max_steps=4)), tmp_path / "run", show_progress=False)
+    trainer.fit()
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "samples" / "step_00000003.png").is_file()
+    assert (run / "checkpoints" / "latest.pt").is_file()
+    assert (run / "checkpoints" / "step_00000004.pt").is_file()
+    # The checkpoint is read without unpickling code.
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert set(state["networks"]) == {"G_A", "G_B", "D_A", "D_B"}
+    assert state["local"]["method"]["fake_A_pool"]["images"].shape[0] == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/G_A", "loss/cycle_A", "loss/idt_A", "loss/D_A", "loss/D_B", "lr/G", "lr/D"} <= scalars
+    assert "samples" in events.Tags()["images"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "latest.pt"
+    checkpoint_module.atomic_torch_save({"format": checkpoint_module.FORMAT, "value": 1}, target)
+
+    def crash(obj, fh):
+        fh.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash)
+    with pytest.raises(RuntimeError):
+        checkpoint_module.atomic_torch_save({"format": checkpoint_module.FORMAT, "value": 2}, target)
+    monkeypatch.undo()
+    assert load_checkpoint(target)["value"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_snapshots_are_pruned(tmp_path, demo_cache):
+    trainer = Trainer(CycleGAN(tiny_config(max_steps=6, save_every=2, keep_checkpoints=2)), tmp_path, show_progress=False)
+    trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt")) == ["step_00000004.pt", "step_00000006.pt"]
+
+
+def test_epoch_order_and_sharding():
+    assert epoch_order(5, seed=0, epoch=1, shuffle=False) == [0, 1, 2, 3, 4]
+    assert epoch_order(50, 0, 1, True) == epoch_order(50, 0, 1, True) != epoch_order(50, 0, 2, True)
+    rank0 = shard_batches(list(range(7)), 2, 0, 2)
+    rank1 = shard_batches(list(range(7)), 2, 1, 2)
+    assert len(rank0) == len(rank1) == 2
+    seen = {i for batch in rank0 + rank1 for i in batch}
+    assert seen == set(range(7))
+
+
+@pytest.mark.parametrize("policy", ["linear", "step", "plateau", "cosine"])
+def test_lr_policies_build_and_step(policy):
+    from gan_style.engine.config import TrainConfig
+    from gan_style.engine.schedules import build_scheduler
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    config = TrainConfig(n_epochs=2, n_epochs_decay=2, lr_policy=policy, lr_decay_iters=1)
+    scheduler = build_scheduler(optimizer, config)
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        scheduler.step(0) if policy == "plateau" else scheduler.step()
+    if policy == "linear":
+        assert rates == pytest.approx([1.0, 1.0, 2 / 3, 1 / 3])
+    elif policy == "step":
+        assert rates == pytest.approx([1.0, 0.1, 0.01, 0.001])
+    else:
+        assert rates[0] == 1.0
