@@ -1,5 +1,5 @@
 """CUT / FastCUT / SinCUT networks and losses against the reference's golden outputs
-(/work/shared/golden/cut, see its README), loaded the way a user loads them: through
+(shared/golden/cut, see its README), loaded the way a user loads them: through
 ``gan_style.hub.import_reference_checkpoint``. Also the full-size parameter counts, the importers'
 layout detection, and the StyleGAN2 layer paths the goldens do not reach (styles, batches).
 """
@@ -29,7 +29,9 @@ from gan_style.nn.sincut_networks import (
 )
 from gan_style.nn.stylegan2 import FusedLeakyReLU, ModulatedConv2d, NoiseInjection, upfirdn2d
 
-GOLDEN = Path(os.environ.get("GAN_STYLE_GOLDEN", "/work/shared/golden")) / "cut"
+# ../shared beside the repository, or $GAN_STYLE_SHARED (the convention of the other test files)
+SHARED = Path(os.environ.get("GAN_STYLE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+GOLDEN = SHARED / "golden" / "cut"
 CUT_DIR, SINCUT_DIR = GOLDEN / "CUT_ngf16_ndf16", GOLDEN / "SinCUT_ngf2_ndf1"
 CUT_NCE_LAYERS = [0, 4, 8, 12, 16]
 SINCUT_NCE_LAYERS = [0, 2, 4]
@@ -38,7 +40,7 @@ SINCUT_NCE_LAYERS = [0, 2, 4]
 @pytest.fixture(scope="module")
 def cases() -> dict[str, torch.Tensor]:
     if not (GOLDEN / "cases.pt").is_file():
-        pytest.skip(f"CUT golden files not found at {GOLDEN} (set GAN_STYLE_GOLDEN to the golden folder)")
+        pytest.skip(f"{GOLDEN} is absent: the CUT golden tests need the shared data folder (../shared beside the repo, or GAN_STYLE_SHARED)")
     return torch.load(GOLDEN / "cases.pt", weights_only=True)
 
 
