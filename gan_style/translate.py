@@ -11,8 +11,10 @@ ResNet generators, 128 / 256 for the U-Nets). Two ways to fit an arbitrary image
 
 ``tile`` translates a large image in overlapping tiles whose outputs are blended with linear
 ramps over the overlap, so memory stays bounded whatever the image size (a 3840x2160 photo with
-512 px tiles needs well under 2 GB; see README). Instance norm normalises each tile with its own
-statistics, so use tiles as large as memory allows: the larger the tile, the closer to a whole-image pass.
+512 px tiles needs well under 2 GB; see README). For networks of local operations the tiled result
+equals the whole-image one wherever the discarded quarter of the overlap covers the receptive
+field. Instance norm normalises each tile with its own statistics, so use tiles as large as memory
+allows: the larger the tile, the closer to a whole-image pass.
 """
 
 from __future__ import annotations
@@ -94,15 +96,20 @@ def run_padded(network: Callable[[Tensor], Tensor], x: Tensor, multiple: int) ->
 
 
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> Tensor:
-    """1-D blending weights of a tile: linear ramps over the overlap on sides that touch a
-    neighbour, flat 1 elsewhere. Ramps of two neighbours sum to a constant over their overlap."""
+    """1-D blending weights of a tile. On a side that touches a neighbour, the outer quarter of
+    the overlap gets weight 0 (those pixels saw zero/reflect padding instead of the real
+    neighbourhood) and the next half ramps linearly up to 1; the sides at the image border keep 1.
+    Outputs are divided by the summed weights, so the ramps need not sum to one exactly (the
+    last tile of a row may overlap its neighbour by more than ``overlap``)."""
     weights = torch.ones(length)
+    margin = overlap // 4
+    span = max(1, overlap - 2 * margin)
+    ramp = ((torch.arange(overlap, dtype=torch.float32) + 0.5 - margin) / span).clamp(0, 1)
     if overlap > 0:
-        ramp = (torch.arange(overlap, dtype=torch.float32) + 0.5) / overlap
         if not at_start:
             weights[:overlap] = ramp
         if not at_end:
-            weights[-overlap:] = ramp.flip(0)
+            weights[-overlap:] = torch.minimum(weights[-overlap:], ramp.flip(0))
     return weights
 
 

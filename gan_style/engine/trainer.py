@@ -145,8 +145,9 @@ class Trainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Run every phase of one iteration on ``batch``; return the detached loss terms and logs."""
         batch = _to_device(batch, self.device, self.config.channels_last)
-        carry: dict[str, Any] = {}
         logs: dict[str, Tensor] = {}
+        with self.accelerator.autocast():
+            carry: dict[str, Any] = dict(self.method.forward(StepContext(self.nets, {}, self.progress.step, self.progress.epoch), batch) or {})
         for phase in self.phases:
             spec = self.optimizer_specs[phase.optimizer]
             trained = set(spec.networks)

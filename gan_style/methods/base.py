@@ -99,6 +99,13 @@ class Method:
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
+    def forward(self, ctx: StepContext, batch: dict[str, Any]) -> dict[str, Any] | None:
+        """Optional shared forward pass, run before the phases with every trained network
+        wrapped and differentiable; its result starts the carry. Methods whose phases reuse one
+        forward (CUT updates D on G's output, then G on the same graph) put it here; the default
+        does nothing."""
+        return None
+
     def build_dataset(self, seed: int) -> torch.utils.data.Dataset:
         """The training set; it may define ``set_epoch(epoch)`` and ``shuffle`` (default True)."""
         raise NotImplementedError

@@ -120,6 +120,8 @@ class ResnetGenerator(nn.Module):
         """Outputs of the Sequential layers with the given indices (CUT's ``encode_only``); the
         forward stops after the deepest one."""
         wanted = sorted(set(layers))
+        if not wanted:
+            return []
         features: dict[int, Tensor] = {}
         for index, layer in enumerate(self.model):
             x = layer(x)
