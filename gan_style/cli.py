@@ -108,12 +108,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_download(args: argparse.Namespace) -> int:
-    from gan_style.data.download import main as download_main
-
-    return download_main(args.download_args, prog="gan-style download")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gan-style", description="Unpaired image-to-image translation and style transfer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,9 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON line")
     bench.set_defaults(func=cmd_bench)
 
-    download = sub.add_parser("download", help="download a public CycleGAN dataset", add_help=False)
-    download.add_argument("download_args", nargs=argparse.REMAINDER)
-    download.set_defaults(func=cmd_download)
+    # Listed for --help; main() hands `download ...` to gan_style.data.download.main.
+    sub.add_parser("download", help="download a public CycleGAN dataset (gan-style download NAME [--dest DIR])")
 
     try:
         from gan_style.methods.nst import stylize
@@ -169,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["download"]:
+        # The download command has its own parser; hand it every argument, options included.
+        from gan_style.data.download import main as download_main
+
+        return download_main(argv[1:], prog="gan-style download")
     parser = build_parser()
     args = parser.parse_args(argv)
     from gan_style.config import ConfigError
