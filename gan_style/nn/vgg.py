@@ -16,7 +16,7 @@ Two networks live here, each loading its published weight file as it is:
 Weight files are never downloaded. :func:`load_vgg19` looks in the path the user gives, then in
 torchvision's cache (``torch.hub.get_dir()/checkpoints/vgg19-dcbb9e9d.pth``, which follows
 ``$TORCH_HOME``); :func:`load_adain_encoder` in the given path, then ``models/vgg_normalised.pth``
-(the reference's default) and the torch hub checkpoint folder. A missing file raises
+(the reference's default, in the working directory) and the torch hub checkpoint folder. A missing file raises
 :class:`WeightsNotFoundError`, naming the file, every place searched, and where to get it.
 """
 
@@ -244,10 +244,10 @@ class VGG19Features(nn.Module):
                     " It looks like AdaIN's normalised VGG (vgg_normalised.pth), which only "
                     "`--method adain` uses; Gatys and the perceptual losses need torchvision's VGG-19."
                 )
-            got = "missing" if first is None else f"of shape {tuple(first.shape)}"
+            got = "missing" if first is None else f"has shape {tuple(first.shape)}"
             raise ValueError(
-                f"{source}: not a VGG-19 in torchvision's layout (features.0.weight is {got}, "
-                f"expected (64, 3, 3, 3)).{hint}"
+                f"{source}: not a VGG-19 in torchvision's layout (its first convolution weight, "
+                f"features.0.weight, is expected of shape (64, 3, 3, 3) and {got}).{hint}"
             )
         try:
             self.load_state_dict(features, strict=True)
@@ -383,7 +383,7 @@ def load_adain_encoder(
     """
     path = find_weights(
         weights,
-        [Path("models") / ADAIN_VGG_FILE, torch_hub_checkpoint_dir() / ADAIN_VGG_FILE],
+        [Path.cwd() / "models" / ADAIN_VGG_FILE, torch_hub_checkpoint_dir() / ADAIN_VGG_FILE],
         "AdaIN normalised VGG-19 (vgg_normalised.pth)",
         f"The file is released by naoto0804/pytorch-AdaIN (MIT licence) at "
         f"{ADAIN_RELEASE_URL}/{ADAIN_VGG_FILE}; download it yourself and pass its path "

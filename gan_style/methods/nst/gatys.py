@@ -82,6 +82,12 @@ class GatysConfig:
     learning_rate: float | None = None
     #: L-BFGS memory (neural-style's default of 100 corrections)
     lbfgs_history: int = 100
+    #: "strong_wolfe" (default) or "none" (neural-style, which takes the step the L-BFGS update
+    #: proposes as it is). Without a line search the first step, of L1 norm 1, is too small to
+    #: measure curvature when the loss is large and L-BFGS then jumps with step 1 along the raw
+    #: gradient; the line search makes it independent of the loss scale, for about one extra
+    #: evaluation per ten iterations once it has settled.
+    lbfgs_line_search: Literal["strong_wolfe", "none"] = "strong_wolfe"
     #: "noise": ImageNet's mean colour plus Gaussian noise of std ``noise_std`` (neural-style's
     #: ``-init random``: 0.001 on the 0-255 scale); "content": the content image
     init: Literal["noise", "content"] = "noise"
@@ -99,6 +105,8 @@ class GatysConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
+        if self.lbfgs_line_search not in ("strong_wolfe", "none"):
+            raise ValueError(f"lbfgs_line_search must be 'strong_wolfe' or 'none', got {self.lbfgs_line_search!r}")
         if self.init not in ("noise", "content"):
             raise ValueError(f"init must be 'noise' or 'content', got {self.init!r}")
         if self.size < 16 or self.iterations < 0 or self.num_scales < 1 or self.style_scale <= 0:
@@ -119,7 +127,8 @@ class GatysConfig:
 class GatysResult:
     #: (1, 3, H, W), RGB in [0, 1]
     image: Tensor
-    #: one entry per iteration: scale, size, iteration and the loss terms (already weighted)
+    #: one entry per loss evaluation: scale, size, iteration (0: the initial image; L-BFGS may
+    #: evaluate an iteration more than once in its line search) and the weighted loss terms
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -323,39 +332,60 @@ def _optimise(
     on_iteration: Callable[[dict[str, float], Tensor], None] | None,
 ) -> Tensor:
     image = init.detach().clone().requires_grad_(True)
-    if config.optimizer == "lbfgs":
-        # One L-BFGS iteration per step() call (no line search, as neural-style): each call
-        # evaluates the loss once and keeps the curvature memory in the optimiser's state, so we
-        # can report progress after every iteration. Tolerances -1: never stop early.
-        optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-            [image],
-            lr=config.learning_rate if config.learning_rate is not None else 1.0,
-            max_iter=1,
-            history_size=config.lbfgs_history,
-            tolerance_grad=-1,
-            tolerance_change=-1,
-        )
-    else:
+    base = {"scale": float(scale_index), "size": float(size)}
+    if config.optimizer == "adam":
         optimizer = torch.optim.Adam([image], lr=config.learning_rate if config.learning_rate is not None else 10.0 / 255.0)
+        for iteration in range(config.iterations):
+            optimizer.zero_grad(set_to_none=False)
+            terms = objective(image)
+            terms["total"].backward()
+            optimizer.step()
+            _report(history, bar, on_iteration, image, terms, {**base, "iteration": float(iteration + 1)}, 1)
+        return image.detach()
 
-    terms: dict[str, Tensor] = {}
+    # L-BFGS runs all its iterations inside one step() call (as neural-style's optim.lbfgs);
+    # the closure reports progress. Tolerances -1: never stop before ``iterations``.
+    lbfgs = torch.optim.LBFGS(
+        [image],
+        lr=config.learning_rate if config.learning_rate is not None else 1.0,
+        max_iter=config.iterations,
+        max_eval=4 * config.iterations + 1,
+        history_size=config.lbfgs_history,
+        tolerance_grad=-1,
+        tolerance_change=-1,
+        line_search_fn=None if config.lbfgs_line_search == "none" else config.lbfgs_line_search,
+    )
+    done = 0
 
     def closure() -> Tensor:
-        nonlocal terms
-        optimizer.zero_grad(set_to_none=False)
+        nonlocal done
+        lbfgs.zero_grad(set_to_none=False)
         terms = objective(image)
         terms["total"].backward()
+        # n_iter: the iteration this evaluation belongs to (0: the initial point).
+        iteration = int(lbfgs.state[image].get("n_iter", 0))
+        advance = max(0, min(iteration, config.iterations) - done)
+        done += advance
+        _report(history, bar, on_iteration, image, terms, {**base, "iteration": float(iteration)}, advance)
         return terms["total"]
 
-    for iteration in range(config.iterations):
-        optimizer.step(closure)
-        # The losses of the image before this iteration's update (what the closure evaluated).
-        record = {"scale": float(scale_index), "size": float(size), "iteration": float(iteration)}
-        record.update({name: float(value.detach()) for name, value in terms.items()})
-        history.append(record)
-        bar.update(1)
-        bar.set_postfix_str(f"{size}px loss {record['total']:.4g}", refresh=False)
-        if on_iteration is not None:
-            on_iteration(record, image.detach())
+    if config.iterations > 0:
+        lbfgs.step(closure)
     return image.detach()
 
+
+def _report(
+    history: list[dict[str, float]],
+    bar: tqdm,
+    on_iteration: Callable[[dict[str, float], Tensor], None] | None,
+    image: Tensor,
+    terms: dict[str, Tensor],
+    record: dict[str, float],
+    advance: int,
+) -> None:
+    record.update({name: float(value.detach()) for name, value in terms.items()})
+    history.append(record)
+    bar.update(advance)
+    bar.set_postfix_str(f"{int(record['size'])}px loss {record['total']:.4g}", refresh=False)
+    if on_iteration is not None:
+        on_iteration(record, image.detach())
