@@ -128,7 +128,8 @@ class GatysResult:
     #: (1, 3, H, W), RGB in [0, 1]
     image: Tensor
     #: one entry per loss evaluation: scale, size, iteration (0: the initial image; L-BFGS may
-    #: evaluate an iteration more than once in its line search) and the weighted loss terms
+    #: evaluate an iteration more than once in its line search) and the weighted loss terms; the
+    #: last entry of each scale (``final`` = 1) is the image that scale returns
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -300,7 +301,7 @@ def stylize_gatys(
     start = time.perf_counter()
     sizes = config.scale_sizes
     bar = tqdm(total=config.iterations * len(sizes), desc="gatys", disable=not progress, dynamic_ncols=True)
-    try:
+    with bar:
         for scale_index, size in enumerate(sizes):
             scaled_content = resize_longest_side(work_content, size)
             style_size = max(16, math.ceil(size * config.style_scale))
@@ -311,8 +312,6 @@ def stylize_gatys(
             else:  # coarse-to-fine: the upsampled result of the previous level
                 init = F.interpolate(image, size=scaled_content.shape[-2:], mode="bilinear", align_corners=False)
             image = _optimise(objective, init, config, scale_index, size, history, bar, on_iteration)
-    finally:
-        bar.close()
     assert image is not None
     if config.original_colors:
         # Combine the stylised luminance with the content's chrominance (I, Q) at the output size.
@@ -333,44 +332,50 @@ def _optimise(
 ) -> Tensor:
     image = init.detach().clone().requires_grad_(True)
     base = {"scale": float(scale_index), "size": float(size)}
+    done = 0  # iterations shown on the progress bar
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam([image], lr=config.learning_rate if config.learning_rate is not None else 10.0 / 255.0)
         for iteration in range(config.iterations):
             optimizer.zero_grad(set_to_none=False)
             terms = objective(image)
             terms["total"].backward()
+            # The losses of the image after ``iteration`` updates.
+            _report(history, bar, on_iteration, image, terms, {**base, "iteration": float(iteration)}, int(iteration > 0))
             optimizer.step()
-            _report(history, bar, on_iteration, image, terms, {**base, "iteration": float(iteration + 1)}, 1)
-        return image.detach()
+        done = max(0, config.iterations - 1)
+    elif config.iterations > 0:
+        # L-BFGS runs all its iterations inside one step() call (as neural-style's optim.lbfgs);
+        # the closure reports progress. Tolerances -1: never stop before ``iterations``.
+        lbfgs = torch.optim.LBFGS(
+            [image],
+            lr=config.learning_rate if config.learning_rate is not None else 1.0,
+            max_iter=config.iterations,
+            max_eval=4 * config.iterations + 1,
+            history_size=config.lbfgs_history,
+            tolerance_grad=-1,
+            tolerance_change=-1,
+            line_search_fn=None if config.lbfgs_line_search == "none" else config.lbfgs_line_search,
+        )
 
-    # L-BFGS runs all its iterations inside one step() call (as neural-style's optim.lbfgs);
-    # the closure reports progress. Tolerances -1: never stop before ``iterations``.
-    lbfgs = torch.optim.LBFGS(
-        [image],
-        lr=config.learning_rate if config.learning_rate is not None else 1.0,
-        max_iter=config.iterations,
-        max_eval=4 * config.iterations + 1,
-        history_size=config.lbfgs_history,
-        tolerance_grad=-1,
-        tolerance_change=-1,
-        line_search_fn=None if config.lbfgs_line_search == "none" else config.lbfgs_line_search,
-    )
-    done = 0
+        def closure() -> Tensor:
+            nonlocal done
+            lbfgs.zero_grad(set_to_none=False)
+            terms = objective(image)
+            terms["total"].backward()
+            # The iteration this evaluation belongs to (0: the initial image); a line search
+            # evaluates the next iterate, so it is counted when its step is being searched.
+            iteration = int(lbfgs.state[image].get("n_iter", 0))
+            advance = max(0, min(iteration, config.iterations) - done)
+            done += advance
+            _report(history, bar, on_iteration, image, terms, {**base, "iteration": float(iteration)}, advance)
+            return terms["total"]
 
-    def closure() -> Tensor:
-        nonlocal done
-        lbfgs.zero_grad(set_to_none=False)
-        terms = objective(image)
-        terms["total"].backward()
-        # n_iter: the iteration this evaluation belongs to (0: the initial point).
-        iteration = int(lbfgs.state[image].get("n_iter", 0))
-        advance = max(0, min(iteration, config.iterations) - done)
-        done += advance
-        _report(history, bar, on_iteration, image, terms, {**base, "iteration": float(iteration)}, advance)
-        return terms["total"]
-
-    if config.iterations > 0:
         lbfgs.step(closure)
+    # The losses of the image returned (L-BFGS does not evaluate its last step).
+    with torch.no_grad():
+        terms = objective(image)
+    final = {**base, "iteration": float(config.iterations), "final": 1.0}
+    _report(history, bar, on_iteration, image, terms, final, max(0, config.iterations - done))
     return image.detach()
 
 
