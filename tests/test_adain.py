@@ -304,3 +304,25 @@ def test_decoder_training_with_the_trainer(weights, tmp_path):
     for key, value in trainer.unwrapped("decoder").state_dict().items():
         torch.testing.assert_close(decoder.state_dict()[key], value.cpu())
     assert (tmp_path / "run" / "samples").is_dir()
+
+
+def test_train_recipe_then_stylize_from_the_run(weights, tmp_path, capsys):
+    """`gan-style train train/adain.yaml` then `gan-style stylize --method adain --decoder RUN`."""
+    require_shared(NST)
+    from gan_style.cli import main as cli_main
+
+    folder = weights[0]
+    run = tmp_path / "run"
+    settings = [f"data.content_dir={NST / 'content'}", f"data.style_dir={NST / 'style'}", "data.num_workers=0", f"vgg_weights={folder / ADAIN_VGG_FILE}", "train.max_steps=2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        status = cli_main(["train", "train/adain.yaml", "--preset", "demo", "--run-dir", str(run), *[x for s in settings for x in ("--set", s)]])
+    assert status == 0, capsys.readouterr().err
+    output = tmp_path / "stylized.png"
+    # No --vgg-weights: the encoder comes from the run's checkpoint.
+    args = ["stylize", "--method", "adain", "--decoder", str(run), "--content", str(NST / "content" / "chicago.jpg"), "--style", str(NST / "style" / "sketch.png"), "--size", "48", "--output", str(output)]
+    assert cli_main(args) == 0, capsys.readouterr().err
+    assert output.is_file()
+    # AdaIN has no image -> image network for `gan-style translate`: a clear error instead.
+    assert cli_main(["translate", "--checkpoint", str(run), "--input", str(NST / "content" / "chicago.jpg"), "--output", str(tmp_path / "t")]) == 2
+    assert "stylize --method adain" in capsys.readouterr().err

@@ -376,7 +376,8 @@ def load_adain_encoder(
     input_range: tuple[float, float] = (0.0, 1.0),
     device: torch.device | str | None = None,
 ) -> NormalisedVGGEncoder:
-    """AdaIN's frozen encoder from ``vgg_normalised.pth``.
+    """AdaIN's frozen encoder from ``vgg_normalised.pth`` (or from a gan_style training checkpoint
+    of ``adain``, which stores it).
 
     Looks for ``weights`` if given, else ``models/vgg_normalised.pth`` (the reference's default,
     relative to the working directory) and the torch hub checkpoint folder.
@@ -389,7 +390,12 @@ def load_adain_encoder(
         f"{ADAIN_RELEASE_URL}/{ADAIN_VGG_FILE}; download it yourself and pass its path "
         f"(--vgg-weights FILE).",
     )
+    state = load_state_dict_file(path)
+    if "networks" in state:  # a gan_style training checkpoint of AdaIN holds its frozen encoder
+        if "encoder" not in state["networks"]:
+            raise ValueError(f"{path}: a training checkpoint of {state.get('method')!r} without an AdaIN encoder")
+        state = state["networks"]["encoder"]
     model = NormalisedVGGEncoder(input_range=input_range)
-    model.load_reference_state_dict(load_state_dict_file(path), source=str(path))
+    model.load_reference_state_dict(state, source=str(path))
     model.requires_grad_(False).eval()
     return model.to(device) if device is not None else model

@@ -68,6 +68,7 @@ __all__ = [
     "load_adain_decoder",
     "masked_adaptive_instance_norm",
     "match_colour",
+    "training_checkpoint",
 ]
 
 ADAIN_DECODER_FILE = "decoder.pth"
@@ -169,6 +170,20 @@ class AdaINDecoder(nn.Sequential):
         )
 
 
+def training_checkpoint(path: str | os.PathLike[str] | None) -> Path | None:
+    """``path`` as a gan_style training checkpoint file (a run folder gives its
+    ``checkpoints/latest.pt``), or None if it is not one (e.g. the reference's ``decoder.pth``)."""
+    if path is None or str(path) == "":
+        return None
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        candidate = candidate / "checkpoints" / "latest.pt"
+    if not candidate.is_file():
+        return None
+    state = load_state_dict_file(candidate)
+    return candidate if "networks" in state and "format" in state else None
+
+
 def load_adain_decoder(
     weights: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
@@ -176,7 +191,7 @@ def load_adain_decoder(
     """The decoder from ``decoder.pth`` (the reference's file), a gan_style training checkpoint of
     ``adain`` (``.pt``), or a run folder (its ``checkpoints/latest.pt``). Without ``weights`` it
     looks for ``models/decoder.pth`` (the reference's default place)."""
-    if weights is not None and Path(weights).expanduser().is_dir():
+    if weights is not None and str(weights) != "" and Path(weights).expanduser().is_dir():
         weights = Path(weights).expanduser() / "checkpoints" / "latest.pt"
     path = find_weights(
         weights,
@@ -368,7 +383,9 @@ class AdaINTraining(Method):
         return out
 
     def inference_network(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> nn.Module:
-        raise NotImplementedError(
+        from gan_style.config import ConfigError
+
+        raise ConfigError(
             "AdaIN needs a style image besides the input; use `gan-style stylize --method adain "
             "--decoder RUN_DIR --content C --style S --output O` instead of `gan-style translate`."
         )

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="FILE", help="output image (PNG, JPEG, ...)")
     parser.add_argument("--size", type=int, default=512, metavar="PX", help="longest side of the output in pixels (default 512; 0: the content's size)")
     parser.add_argument("--original-colors", "--preserve-color", dest="original_colors", action="store_true", help="keep the content's colours: gatys transfers the luminance only; adain recolours the style to the content's colour statistics first")
-    parser.add_argument("--vgg-weights", metavar="FILE", help="gatys: torchvision's vgg19-dcbb9e9d.pth (default: looked for in torchvision's cache); adain: vgg_normalised.pth (default: models/vgg_normalised.pth)")
+    parser.add_argument("--vgg-weights", metavar="FILE", help="gatys: torchvision's vgg19-dcbb9e9d.pth (default: looked for in torchvision's cache); adain: vgg_normalised.pth (default: the one in the --decoder training checkpoint, else models/vgg_normalised.pth)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -168,7 +168,7 @@ def _run_gatys(args: argparse.Namespace) -> None:
 def _run_adain(args: argparse.Namespace) -> None:
     import torch
 
-    from gan_style.methods.nst.adain import AdaINStylizer, load_adain_decoder, match_colour
+    from gan_style.methods.nst.adain import AdaINStylizer, load_adain_decoder, match_colour, training_checkpoint
     from gan_style.nn.vgg import load_adain_encoder
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -180,7 +180,9 @@ def _run_adain(args: argparse.Namespace) -> None:
     if args.original_colors:
         styles = [match_colour(s, content) for s in styles]
     labels = _mask_labels(args.mask, len(styles), *content.shape[-2:]) if args.mask else None
-    encoder = load_adain_encoder(args.vgg_weights, device=device)
+    # A decoder trained here comes in a checkpoint that also holds the frozen encoder.
+    checkpoint = training_checkpoint(args.decoder) if args.vgg_weights is None else None
+    encoder = load_adain_encoder(args.vgg_weights or checkpoint, device=device)
     decoder = load_adain_decoder(args.decoder, device=device)
     model = AdaINStylizer(encoder, decoder).eval()
     start = time.perf_counter()
