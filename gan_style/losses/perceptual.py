@@ -39,11 +39,13 @@ def gram_matrix(features: Tensor) -> Tensor:
     by ``input:nElement()`` = C*H*W. The paper's Eq. 4 instead puts 1 / (4 N^2 M^2) in the loss;
     dividing G by C*H*W keeps the loss independent of the image size, so that the same style
     weight works at 256 and 512 px and for style images of another size than the output.
-    Returns (B, C, C).
+    Returns (B, C, C), in float32.
     """
     _, channels, height, width = features.shape
-    flat = rearrange(features, "b c h w -> b c (h w)")
-    return torch.bmm(flat, flat.transpose(1, 2)) / (channels * height * width)
+    # In float32 even under mixed precision: sums of H*W squared activations overflow float16.
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        flat = rearrange(features.float(), "b c h w -> b c (h w)")
+        return torch.bmm(flat, flat.transpose(1, 2)) / (channels * height * width)
 
 
 def content_loss(features: Tensor, target: Tensor) -> Tensor:
@@ -66,9 +68,9 @@ def channel_mean_std(features: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tenso
 
     As in the AdaIN reference code the variance is the unbiased one (divides by H*W - 1) and
     ``eps`` is added to it before the square root, so a constant channel gets std sqrt(eps)
-    instead of 0 (no division by zero in AdaIN).
+    instead of 0 (no division by zero in AdaIN). Computed and returned in float32.
     """
-    flat = rearrange(features, "b c h w -> b c (h w)")
+    flat = rearrange(features.float(), "b c h w -> b c (h w)")  # float32: squares overflow float16
     mean = flat.mean(dim=2)
     std = (flat.var(dim=2) + eps).sqrt()
     return rearrange(mean, "b c -> b c 1 1"), rearrange(std, "b c -> b c 1 1")
