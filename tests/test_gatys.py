@@ -196,3 +196,11 @@ def test_cli_missing_weights(tmp_path, monkeypatch, capsys):
     assert TORCHVISION_VGG19_FILE in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
     assert "download.pytorch.org" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_benchmark_entry_point():
+    from gan_style.methods.nst.stylize import benchmark
+
+    result = benchmark(gatys_sizes=(32,), gatys_iterations=3, adain_size=32, adain_seconds=0.0)
+    assert result["gatys"]["32"]["sec_per_iteration"] > 0 and result["gatys"]["32"]["iterations"] == 3
+    assert result["adain"]["images_per_sec"] > 0 and result["adain"]["images"] >= 3

@@ -85,8 +85,8 @@ class GatysConfig:
     #: "strong_wolfe" (default) or "none" (neural-style, which takes the step the L-BFGS update
     #: proposes as it is). Without a line search the first step, of L1 norm 1, is too small to
     #: measure curvature when the loss is large and L-BFGS then jumps with step 1 along the raw
-    #: gradient; the line search makes it independent of the loss scale, for about one extra
-    #: evaluation per ten iterations once it has settled.
+    #: gradient; the line search makes it independent of the loss scale, at the cost of extra
+    #: evaluations, mostly in the first iterations (the 128 px test: 37 for 20 iterations).
     lbfgs_line_search: Literal["strong_wolfe", "none"] = "strong_wolfe"
     #: "noise": ImageNet's mean colour plus Gaussian noise of std ``noise_std`` (neural-style's
     #: ``-init random``: 0.001 on the 0-255 scale); "content": the content image
