@@ -47,14 +47,15 @@ def torchvision_vgg19_features(seed: int) -> nn.Sequential:
 
 
 def write_torchvision_vgg19(path, seed: int = 0) -> nn.Sequential:
-    """``vgg19-dcbb9e9d.pth``'s layout: torchvision ``VGG.state_dict()`` keys. The classifier
-    (unused here, 470 MB in the real file) is stored as zero-stride tensors of the right shapes."""
+    """``vgg19-dcbb9e9d.pth``'s layout: torchvision ``VGG.state_dict()`` keys, in the pre-zip
+    serialisation of the real file (2017). The classifier (unused here, 470 MB in the real file)
+    is stored as zero-stride tensors of the right shapes."""
     features = torchvision_vgg19_features(seed)
     state = {f"features.{k}": v for k, v in features.state_dict().items()}
     for name, shape in {"classifier.0": (4096, 25088), "classifier.3": (4096, 4096), "classifier.6": (1000, 4096)}.items():
         state[f"{name}.weight"] = torch.zeros(1).expand(*shape)
         state[f"{name}.bias"] = torch.zeros(1).expand(shape[0])
-    torch.save(state, path)
+    torch.save(state, path, _use_new_zipfile_serialization=False)
     return features
 
 

@@ -235,10 +235,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _bench_images(size: int) -> tuple["Tensor", "Tensor", str]:
-    """tubingen / starry night from ../shared/data/nst when present, else random images."""
+    """tubingen / starry night from shared/data/nst when present, else random images."""
     import torch
 
-    for root in (os.environ.get("GAN_STYLE_SHARED"), "../shared", "/work/shared"):
+    # $GAN_STYLE_SHARED, else ../shared beside the repository (as the tests).
+    repository = Path(__file__).resolve().parents[3]
+    for root in (os.environ.get("GAN_STYLE_SHARED"), repository.parent / "shared"):
         if root:
             folder = Path(root) / "data" / "nst"
             content, style = folder / "content" / "tubingen.jpg", folder / "style" / "starry_night.jpg"
