@@ -9,6 +9,9 @@ from gan_style.methods.base import Method
 
 METHODS: dict[str, str] = {
     "cyclegan": "gan_style.methods.cyclegan:CycleGAN",
+    "cut": "gan_style.methods.cut:CUT",
+    "fastcut": "gan_style.methods.cut:FastCUT",
+    "sincut": "gan_style.methods.cut:SinCUT",
     "adain": "gan_style.methods.nst.adain:AdaINTraining",
 }
 
