@@ -277,6 +277,7 @@ def benchmark(
     vgg = vgg.requires_grad_(False).eval().to(device)
     result: dict[str, Any] = {
         "device": str(device),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -288,16 +289,23 @@ def benchmark(
         stylize_gatys(vgg, content, [style], GatysConfig(size=size, iterations=2), progress=False)  # warm-up
         # neural-style's plain L-BFGS: one loss evaluation (forward + backward) and one update per
         # iteration; the time between two evaluations is the time of one iteration.
-        stamps: list[float] = []
+        stamps: list[tuple[float, float]] = []
         config = GatysConfig(size=size, iterations=gatys_iterations, lbfgs_line_search="none")
-        timed = stylize_gatys(vgg, content, [style], config, progress=progress, on_iteration=lambda record, image: stamps.append(time.perf_counter()))
-        steps = sorted(b - a for a, b in zip(stamps[:-2], stamps[1:-1]))  # the last one is the final, forward-only evaluation
+        timed = stylize_gatys(
+            vgg, content, [style], config, progress=progress, on_iteration=lambda record, image: stamps.append((time.perf_counter(), time.process_time()))
+        )
+        # Between consecutive evaluations (the last one is the final, forward-only evaluation).
+        steps = sorted(b[0] - a[0] for a, b in zip(stamps[:-2], stamps[1:-1]))
+        cpu_steps = sorted(b[1] - a[1] for a, b in zip(stamps[:-2], stamps[1:-1]))
         per_iteration = steps[len(steps) // 2]
         result["gatys"][str(size)] = {
             "output": list(timed.image.shape[-2:]),
             "iterations": gatys_iterations,
             "sec_per_iteration": round(per_iteration, 3),
             "min_sec_per_iteration": round(steps[0], 3),
+            # CPU seconds of this process (all threads): with one thread, what an idle core takes
+            # even when other processes share the machine.
+            "cpu_sec_per_iteration": round(cpu_steps[len(cpu_steps) // 2], 3),
             "projected_sec_500_iterations": round(per_iteration * 500, 1),
             "total_sec": round(timed.seconds, 2),
         }
@@ -307,18 +315,19 @@ def benchmark(
     style = torch.rand(1, 3, adain_size, adain_size, generator=generator).to(device)
     with torch.inference_mode():
         model(content, [style])  # warm-up
-        count, start = 0, time.perf_counter()
+        count, start, cpu_start = 0, time.perf_counter(), time.process_time()
         while count < 3 or time.perf_counter() - start < adain_seconds:
             model(content, [style])
             count += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     result["adain"] = {
         "size": adain_size,
         "images": count,
         "images_per_sec": round(count / seconds, 3),
         "sec_per_image": round(seconds / count, 3),
+        "cpu_sec_per_image": round(cpu_seconds / count, 3),
         "note": "content and style encoded per image, batch 1",
     }
     return result
