@@ -79,7 +79,14 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     """An Accelerator for this process. Without CUDA it is told to use the CPU: accelerate then
     sets up gloo DDP when launched with several processes (``accelerate launch --multi_gpu
     --num_processes 2`` or ``torchrun``), instead of silently running each process alone."""
+    from accelerate.state import AcceleratorState
+
     use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        # accelerate keeps one precision per process; a second trainer in the same process
+        # (a notebook, the test-suite) may ask for another. The process group is kept.
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed_precision, cpu=use_cpu)
 
 
