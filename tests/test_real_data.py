@@ -59,4 +59,4 @@ def test_cyclegan_learns_vangogh2photo_on_cpu(tmp_path):
     # On held-out images: reconstructions much closer than at the start ...
     assert end_cycle < 0.6 * start_cycle, (start_cycle, end_cycle)
     # ... and the discriminators tell real from translated images better than chance.
-    assert end_auc > 0.6, end_auc
+    assert end_auc > 0.68, end_auc
