@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import DATA, require_shared
+from conftest import DATA, REPO, require_shared
 from gan_style.config import load_yaml
 from gan_style.data.content_style import ContentStyleDataset
 from gan_style.losses.perceptual import channel_mean_std
@@ -251,7 +251,7 @@ def test_config_presets_and_recipe():
     assert (config.data.load_size, config.data.crop_size, config.train.batch_size) == (512, 256, 8)
     spec = AdaINTraining(config).optimizers()
     assert [s.networks for s in spec] == [("decoder",)]  # the encoder is in no optimiser
-    recipe = load_yaml("train/adain.yaml")
+    recipe = load_yaml(REPO / "train" / "adain.yaml")
     assert recipe["method"] == "adain"
     overrides = {k: v for k, v in recipe.items() if k not in ("method", "preset")}
     config = config_from_overrides(AdaINTraining, recipe.get("preset"), overrides)
@@ -316,7 +316,7 @@ def test_train_recipe_then_stylize_from_the_run(weights, tmp_path, capsys):
     settings = [f"data.content_dir={NST / 'content'}", f"data.style_dir={NST / 'style'}", "data.num_workers=0", f"vgg_weights={folder / ADAIN_VGG_FILE}", "train.max_steps=2"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        status = cli_main(["train", "train/adain.yaml", "--preset", "demo", "--run-dir", str(run), *[x for s in settings for x in ("--set", s)]])
+        status = cli_main(["train", str(REPO / "train" / "adain.yaml"), "--preset", "demo", "--run-dir", str(run), *[x for s in settings for x in ("--set", s)]])
     assert status == 0, capsys.readouterr().err
     output = tmp_path / "stylized.png"
     # No --vgg-weights: the encoder comes from the run's checkpoint.
