@@ -8,33 +8,22 @@ and tests use ``shared/data/nst/{content,style}``.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from gan_style.data.images import DatasetError, find_images, load_rgb, pil_to_tensor
+from gan_style.data.images import DatasetError, find_images, load_first_readable, pil_to_tensor
+from gan_style.data.unpaired import item_seed
 
-__all__ = ["ContentStyleDataset", "pair_seed"]
+__all__ = ["ContentStyleDataset"]
 
 # The reference resizes with torchvision's default (bilinear); PIL's filters antialias when
 # shrinking.
 _RESAMPLE = Image.Resampling.BILINEAR
 
-# Files that failed to decode in this process, warned about once.
-_unreadable_files: set[Path] = set()
-
-
-def pair_seed(seed: int, epoch: int, index: int) -> int:
-    """The 64-bit seed of item ``index`` in ``epoch``: the first 8 bytes of
-    BLAKE2b("gan_style.content_style:<seed>:<epoch>:<index>"), little-endian (unrelated streams
-    for neighbouring items, epochs and seeds)."""
-    text = f"gan_style.content_style:{seed}:{epoch}:{index}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
 def _image_folder(folder: str | os.PathLike[str], role: str) -> list[Path]:
@@ -58,7 +47,7 @@ class ContentStyleDataset(Dataset):
     content images, so one epoch sees every content image once.
 
     Randomness: which style image and both crop positions come from a ``torch.Generator`` seeded
-    with :func:`pair_seed` (seed, epoch, index); the same triple always gives the same tensors,
+    with :func:`gan_style.data.unpaired.item_seed` (seed, epoch, index); the same triple always gives the same tensors,
     whichever DataLoader worker loads it. Call :meth:`set_epoch` before each epoch.
 
     Unreadable files are skipped with one warning each, and the next file of the same folder is
@@ -100,10 +89,10 @@ class ContentStyleDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
-        rng = torch.Generator().manual_seed(pair_seed(self.seed, self.epoch, index))
+        rng = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index, stream="content_style"))
         style_index = int(torch.randint(0, len(self.style_paths), (1,), generator=rng).item())
-        content, content_path = self._load_readable(self.content_paths, index, self.content_dir)
-        style, style_path = self._load_readable(self.style_paths, style_index, self.style_dir)
+        content, content_path = load_first_readable(self.content_paths, index, self.content_dir)
+        style, style_path = load_first_readable(self.style_paths, style_index, self.style_dir)
         return {
             "content": self._resize_and_crop(content, rng),
             "style": self._resize_and_crop(style, rng),
@@ -123,21 +112,3 @@ class ContentStyleDataset(Dataset):
         image = image.crop((left, top, left + self.crop_size, top + self.crop_size))
         return pil_to_tensor(image)
 
-    @staticmethod
-    def _load_readable(paths: list[Path], start: int, folder: Path) -> tuple[Image.Image, Path]:
-        """Load ``paths[start]``, or the first readable file after it (wrapping around)."""
-        for offset in range(len(paths)):
-            path = paths[(start + offset) % len(paths)]
-            if path in _unreadable_files:
-                continue
-            try:
-                return load_rgb(path), path
-            except DatasetError as error:
-                _unreadable_files.add(path)
-                reason = error.__cause__ if error.__cause__ is not None else error
-                warnings.warn(
-                    f"Skipping unreadable image {path} and using the next image of {folder} "
-                    f"instead ({type(reason).__name__}: {reason}).",
-                    stacklevel=3,
-                )
-        raise DatasetError(f"None of the {len(paths)} images in {folder} can be read (see the warnings above).")

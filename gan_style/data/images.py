@@ -7,6 +7,8 @@ CycleGAN convention: float32 (C, H, W) in [-1, 1].
 
 from __future__ import annotations
 
+import warnings
+
 import os
 from pathlib import Path
 
@@ -193,3 +195,29 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
     array = (np.transpose(array, (1, 2, 0)) + 1) / 2.0 * 255.0
     array = np.clip(np.nan_to_num(array, nan=0.0), 0, 255)
     return Image.fromarray(array.astype(np.uint8))
+
+
+# Files that failed to decode in this process, shared by every dataset so that each bad file is
+# warned about once per process (each DataLoader worker is a process and warns on its own).
+_unreadable_files: set[Path] = set()
+
+
+def load_first_readable(paths: list[Path], start: int, folder: Path) -> tuple[Image.Image, Path]:
+    """Load ``paths[start]``, or the first readable file after it (wrapping around), warning once
+    per unreadable file that it was skipped. Loading draws no random numbers, so skipping a file
+    does not change the randomness of anything else."""
+    for offset in range(len(paths)):
+        path = paths[(start + offset) % len(paths)]
+        if path in _unreadable_files:
+            continue
+        try:
+            return load_rgb(path), path
+        except DatasetError as error:
+            _unreadable_files.add(path)
+            reason = error.__cause__ if error.__cause__ is not None else error
+            warnings.warn(
+                f"Skipping unreadable image {path} and using the next image of {folder} "
+                f"instead ({type(reason).__name__}: {reason}).",
+                stacklevel=3,
+            )
+    raise DatasetError(f"None of the {len(paths)} images in {folder} can be read (see the warnings above).")

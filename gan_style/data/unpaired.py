@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from .config import DataConfig
 from .demo import ensure_demo_dataset
-from .images import DatasetError, find_images, load_rgb
+from .images import find_images, load_first_readable
 from .transforms import ImageTransform
 
-# Files that failed to decode in this process. Shared by all datasets so each bad file is
-# warned about once per process (each DataLoader worker is a process and warns on its own).
-_unreadable_files: set[Path] = set()
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
+def item_seed(seed: int, epoch: int, index: int, stream: str = "unpaired") -> int:
     """The 64-bit seed of item ``index`` in ``epoch``: the first 8 bytes of
-    BLAKE2b("gan_style.unpaired:<seed>:<epoch>:<index>"), read little-endian.
+    BLAKE2b("gan_style.<stream>:<seed>:<epoch>:<index>"), read little-endian. Each dataset kind
+    names its own ``stream``.
 
     A cryptographic hash rather than arithmetic such as ``seed + epoch * N + index``, so that
     neighbouring items, epochs and seeds get unrelated random streams.
     """
-    digest = hashlib.blake2b(f"gan_style.unpaired:{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"gan_style.{stream}:{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -106,8 +102,8 @@ class UnpairedImageDataset(Dataset):
             index_b = int(torch.randint(0, self.len_B, (1,), generator=rng).item())
         # A, then B, from the same generator: loading (and skipping bad files) draws nothing,
         # so the sequence of draws depends only on (seed, epoch, index).
-        image_a, path_a = self._load_readable(self.paths_A, index % self.len_A, self.dir_A)
-        image_b, path_b = self._load_readable(self.paths_B, index_b, self.dir_B)
+        image_a, path_a = load_first_readable(self.paths_A, index % self.len_A, self.dir_A)
+        image_b, path_b = load_first_readable(self.paths_B, index_b, self.dir_B)
         return {
             "A": self.transform_A(image_a, rng, name=str(path_a)),
             "B": self.transform_B(image_b, rng, name=str(path_b)),
@@ -115,24 +111,3 @@ class UnpairedImageDataset(Dataset):
             "B_path": str(path_b),
         }
 
-    @staticmethod
-    def _load_readable(paths: list[Path], start: int, folder: Path) -> tuple[Image.Image, Path]:
-        """Load ``paths[start]``, or the first readable file after it (wrapping around)."""
-        for offset in range(len(paths)):
-            path = paths[(start + offset) % len(paths)]
-            if path in _unreadable_files:
-                continue
-            try:
-                return load_rgb(path), path
-            except DatasetError as error:
-                _unreadable_files.add(path)
-                reason = error.__cause__ if error.__cause__ is not None else error
-                warnings.warn(
-                    f"Skipping unreadable image {path} and using the next image of {folder} "
-                    f"instead ({type(reason).__name__}: {reason}).",
-                    stacklevel=3,
-                )
-        raise DatasetError(
-            f"None of the {len(paths)} images in {folder} can be read (see the warnings above for "
-            f"each file). Check that the folder holds valid image files."
-        )
