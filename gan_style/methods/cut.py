@@ -346,13 +346,13 @@ class CUT(Method):
             # The forward saw flip(x); the keys are the features of x itself.
             with torch.no_grad():
                 source_features = G_plain.encode(real, list(c.nce_layers))
-        n = real_A.shape[0]
-        idt_B = fake[n:] if self.translates_target_images else None
+        # split, not slicing: a slice's backward zero-fills a tensor the size of the whole batch
+        fake_B, idt_B = fake.split(real_A.shape[0]) if self.translates_target_images else (fake, None)
         if flipped and idt_B is not None:
             idt_B = idt_B.flip(3)
         return {
             "fake": fake,  # G's output on the (possibly flipped) batch, with its graph
-            "fake_B": fake[:n],
+            "fake_B": fake_B,
             "idt_B": idt_B,
             "flipped": flipped,
             "source_features": [f.detach() for f in source_features],
@@ -406,10 +406,15 @@ class CUT(Method):
             if carry["flipped"]:
                 queries = [q.flip(3) for q in queries]
             keys = carry["source_features"]
-            nce_X = self.patch_nce_loss(ctx.nets["F"], [q[:n] for q in queries], [k[:n] for k in keys])
+            if self.translates_target_images:  # [x; y] -> the x and y halves (split: see forward)
+                queries_X, queries_Y = zip(*(q.split(n) for q in queries))
+                keys_X, keys_Y = zip(*(k.split(n) for k in keys))
+            else:
+                queries_X, keys_X = queries, keys
+            nce_X = self.patch_nce_loss(ctx.nets["F"], queries_X, keys_X)
             logs["NCE_X"] = nce_X.detach()
             if c.nce_idt:
-                nce_Y = self.patch_nce_loss(ctx.nets["F"], [q[n:] for q in queries], [k[n:] for k in keys])
+                nce_Y = self.patch_nce_loss(ctx.nets["F"], queries_Y, keys_Y)
                 logs["NCE_Y"] = nce_Y.detach()
                 losses["NCE"] = 0.5 * (nce_X + nce_Y)
             else:
