@@ -460,7 +460,7 @@ class FastCUT(CUT):
     150 + 50 epochs. The same class; only the default preset differs."""
 
     name = "fastcut"
-    presets = {"paper": FASTCUT, "demo": CUT.presets["fastcut_demo"], "cut": {}}
+    presets = {"paper": FASTCUT, "demo": CUT.presets["fastcut_demo"]}
     default_preset = "paper"
 
 
