@@ -26,7 +26,9 @@ within a batch despite its stated intent; here the intent holds.
 
 The trainer must not shuffle the items (``shuffle = False``): the item order defines the batches.
 With DDP the trainer gives process r the items r, r + W, r + 2W, ... of each global batch of
-``batch_size * W`` items; ``world_size`` makes each process's batch one group.
+``batch_size * W`` items; ``world_size`` makes each process's batch one group. (When ``length``
+is not a multiple of ``batch_size * W``, the trainer completes the epoch's last batch with items
+from its start, and that one batch mixes two groups.)
 """
 
 from __future__ import annotations
