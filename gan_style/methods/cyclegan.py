@@ -137,13 +137,15 @@ class CycleGAN(Method):
         n = real_A.shape[0]
         out: dict[str, Tensor] = {}
         if self._batchable():
-            first = G_A(torch.cat([real_A, real_B]) if identity else real_A)
-            out["fake_B"] = first[:n]
+            # torch.split rather than slicing: the backward of a slice writes its gradient into
+            # a zero tensor of the whole batch, split's backward concatenates the pieces.
+            first = G_A(torch.cat([real_A, real_B]) if identity else real_A).split(n)
+            out["fake_B"] = first[0]
             second_inputs = [real_B] + ([real_A] if identity else []) + [out["fake_B"]]
-            second = G_B(torch.cat(second_inputs))
-            out["fake_A"], out["rec_A"] = second[:n], second[-n:]
+            second = G_B(torch.cat(second_inputs)).split(n)
+            out["fake_A"], out["rec_A"] = second[0], second[-1]
             if identity:
-                out["idt_A"], out["idt_B"] = first[n:], second[n : 2 * n]
+                out["idt_A"], out["idt_B"] = first[1], second[1]
             out["rec_B"] = G_A(out["fake_A"])
         else:
             out["fake_B"], out["fake_A"] = G_A(real_A), G_B(real_B)
@@ -173,8 +175,7 @@ class CycleGAN(Method):
         """0.5 * (L(D(real), real) + L(D(fake), fake)), plus D's mean scores for logging."""
         c = self.config
         if self._batchable():
-            scores = D(torch.cat([real, fake]))
-            pred_real, pred_fake = scores[: real.shape[0]], scores[real.shape[0] :]
+            pred_real, pred_fake = D(torch.cat([real, fake])).split([real.shape[0], fake.shape[0]])
         else:
             pred_real, pred_fake = D(real), D(fake)
         loss = 0.5 * (gan_loss(pred_real, True, c.gan_mode) + gan_loss(pred_fake, False, c.gan_mode))
