@@ -88,7 +88,7 @@ def test_blended_styles_target_the_weighted_mean_of_grams(vgg, images):
     content, starry, scream = images
     c, s1, s2 = (gatys.resize_longest_side(x, 48) for x in images)
     config = GatysConfig(size=48)
-    blended = GatysObjective(vgg, c, [s1, s2], gatys._normalised_blend((1.0, 3.0), 2), config)
+    blended = GatysObjective(vgg, c, [s1, s2], gatys.normalised_blend((1.0, 3.0), 2), config)
     one = GatysObjective(vgg, c, [s1], [1.0], config)
     two = GatysObjective(vgg, c, [s2], [1.0], config)
     for layer in config.style_layers:

@@ -5,7 +5,6 @@ one (dataset, trainer, method, checkpoint)."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from torch import nn
 
 from gan_style.cli import main as cli_main
-from gan_style.data.images import pil_to_tensor
+
 from gan_style.nn.generators import GeneratorSpec, build_generator
 from gan_style.translate import Translator, reference_size, run_padded, run_tiled, translate_images
 

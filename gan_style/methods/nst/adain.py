@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from gan_style.data.content_style import ContentStyleDataset
 from gan_style.losses.perceptual import channel_mean_std, mean_std_style_loss
 from gan_style.methods.base import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput
+from gan_style.methods.nst.gatys import normalised_blend
 from gan_style.nn.vgg import (
     ADAIN_RELEASE_URL,
     NormalisedVGGEncoder,
@@ -253,20 +254,11 @@ class AdaINStylizer(nn.Module):
             small = F.interpolate(labels[None, None].float(), size=content_features.shape[-2:], mode="nearest")[0, 0].long()
             target = masked_adaptive_instance_norm(content_features, style_features, small)
         else:
-            weights = _normalised_weights(style_weights, len(styles))
+            weights = normalised_blend(style_weights, len(styles))
             target = sum(w * adaptive_instance_norm(content_features, s) for w, s in zip(weights, style_features))
         target = alpha * target + (1.0 - alpha) * content_features  # Eq. 14
         return self.decoder(target)[..., :height, :width]
 
-
-def _normalised_weights(weights: Sequence[float] | None, count: int) -> list[float]:
-    if weights is None:
-        return [1.0 / count] * count
-    if len(weights) != count:
-        raise ValueError(f"got {len(weights)} style weights for {count} style images")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"style weights must be >= 0 with a positive sum, got {list(weights)}")
-    return [float(w) / float(sum(weights)) for w in weights]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -253,7 +253,9 @@ def _initial_image(content: Tensor, config: GatysConfig, generator: torch.Genera
     return (mean.view(1, channels, 1, 1) + noise).to(content.device)
 
 
-def _normalised_blend(weights: Sequence[float] | None, count: int) -> list[float]:
+def normalised_blend(weights: Sequence[float] | None, count: int) -> list[float]:
+    """Blend weights of ``count`` style images, summing to one (equal when ``weights`` is None);
+    shared by Gatys' Gram-matrix blend and AdaIN's feature interpolation."""
     if weights is None:
         return [1.0 / count] * count
     if len(weights) != count:
@@ -286,7 +288,7 @@ def stylize_gatys(
         raise ValueError(f"content must be (1, 3, H, W), got {tuple(content.shape)}")
     if not styles:
         raise ValueError("need at least one style image")
-    blend = _normalised_blend(config.style_blend_weights, len(styles))
+    blend = normalised_blend(config.style_blend_weights, len(styles))
     device = next(vgg.parameters()).device
     content = content.to(device)
     styles = [s.to(device) for s in styles]
