@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import struct
 import warnings
@@ -29,8 +28,7 @@ from gan_style.data import (
 )
 from gan_style.data import demo
 
-# The shared real images: ../shared beside the repository, or $GAN_STYLE_SHARED (as in conftest).
-SHARED = Path(os.environ.get("GAN_STYLE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from conftest import SHARED
 VANGOGH = SHARED / "data" / "vangogh2photo"
 
 

@@ -7,8 +7,6 @@ layout detection, and the StyleGAN2 layer paths the goldens do not reach (styles
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,8 +27,7 @@ from gan_style.nn.sincut_networks import (
 )
 from gan_style.nn.stylegan2 import FusedLeakyReLU, ModulatedConv2d, NoiseInjection, upfirdn2d
 
-# ../shared beside the repository, or $GAN_STYLE_SHARED (the convention of the other test files)
-SHARED = Path(os.environ.get("GAN_STYLE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from conftest import SHARED
 GOLDEN = SHARED / "golden" / "cut"
 CUT_DIR, SINCUT_DIR = GOLDEN / "CUT_ngf16_ndf16", GOLDEN / "SinCUT_ngf2_ndf1"
 CUT_NCE_LAYERS = [0, 4, 8, 12, 16]

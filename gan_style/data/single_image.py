@@ -33,7 +33,6 @@ from its start, and that one batch mixes two groups.)
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from torch.utils.data import Dataset
 
 from .config import DIRECTIONS
 from .images import DatasetError, find_images, load_rgb, pil_to_tensor
+from gan_style.data.seeds import epoch_and_index, stream_seed
 
 
 @dataclass
@@ -71,11 +71,6 @@ class SingleImageDataConfig:
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
-
-def stream_seed(*parts: object) -> int:
-    """A 64-bit seed for one random stream, named by ``parts`` (BLAKE2b of their text)."""
-    text = "gan_style.single_image:" + ":".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def batch_group(index: int, batch_size: int, world_size: int = 1) -> tuple[int, int]:
@@ -165,7 +160,7 @@ class SingleImageDataset(Dataset):
         from the batch's own stream; the crop-level ones from ``item_rng``)."""
         c = self.config
         group, slot = batch_group(index, self.batch_size, self.world_size)
-        batch_rng = torch.Generator().manual_seed(stream_seed(self.seed, epoch, group, domain))
+        batch_rng = torch.Generator().manual_seed(stream_seed("single_image", self.seed, epoch, group, domain))
         low = 1.0 / c.random_scale_max
         zoom = (low + (1 - low) * torch.rand(2, generator=batch_rng, dtype=torch.float64)).tolist()
         width, height = self.images[domain].size
@@ -183,13 +178,10 @@ class SingleImageDataset(Dataset):
         return pil_to_tensor(patch)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
-        if isinstance(index, tuple):
-            epoch, index = index
-        else:
-            epoch = self.epoch
+        epoch, index = epoch_and_index(index, self.epoch)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} crops")
-        item_rng = torch.Generator().manual_seed(stream_seed(self.seed, epoch, index))
+        item_rng = torch.Generator().manual_seed(stream_seed("single_image", self.seed, epoch, index))
         return {
             "A": self.crop("A", epoch, index, item_rng),
             "B": self.crop("B", epoch, index, item_rng),

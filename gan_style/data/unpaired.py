@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -11,20 +10,14 @@ from torch.utils.data import Dataset
 from .config import DataConfig
 from .demo import ensure_demo_dataset
 from .images import find_images, load_first_readable
+from .seeds import epoch_and_index, stream_seed
 from .transforms import ImageTransform
 
 
 
 def item_seed(seed: int, epoch: int, index: int, stream: str = "unpaired") -> int:
-    """The 64-bit seed of item ``index`` in ``epoch``: the first 8 bytes of
-    BLAKE2b("gan_style.<stream>:<seed>:<epoch>:<index>"), read little-endian. Each dataset kind
-    names its own ``stream``.
-
-    A cryptographic hash rather than arithmetic such as ``seed + epoch * N + index``, so that
-    neighbouring items, epochs and seeds get unrelated random streams.
-    """
-    digest = hashlib.blake2b(f"gan_style.{stream}:{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    """The seed of item ``index`` in ``epoch`` of a dataset kind (``stream``)."""
+    return stream_seed(stream, seed, epoch, index)
 
 
 class UnpairedImageDataset(Dataset):
@@ -89,10 +82,7 @@ class UnpairedImageDataset(Dataset):
         )
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
-        if isinstance(index, tuple):
-            epoch, index = index
-        else:
-            epoch = self.epoch
+        epoch, index = epoch_and_index(index, self.epoch)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
         rng = torch.Generator().manual_seed(item_seed(self.seed, epoch, index))

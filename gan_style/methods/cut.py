@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_style.data.config import DataConfig
-from gan_style.data.single_image import SingleImageDataConfig, stream_seed
+from gan_style.data.seeds import stream_seed
+from gan_style.data.single_image import SingleImageDataConfig
 from gan_style.data.transforms import ImageTransform
 from gan_style.data.unpaired import UnpairedImageDataset
 from gan_style.engine.config import TrainConfig
@@ -280,7 +281,8 @@ class CUT(Method):
         # (RANK) draws its own.
         rank = int(os.environ.get("RANK", "0"))
         self.rngs: dict[str, torch.Generator] = {
-            name: torch.Generator().manual_seed(stream_seed("cut", name, config.train.seed, rank))
+            # (the stream names predate the shared seeds module; kept so runs stay reproducible)
+            name: torch.Generator().manual_seed(stream_seed("single_image", "cut", name, config.train.seed, rank))
             for name in ("patch_ids", "flip", "noise")
         }
 
