@@ -12,6 +12,7 @@ Order of application: dataclass defaults < preset < YAML file < command line ``-
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from gan_style.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration value or key that does not fit the method's config."""
 
 
@@ -94,9 +97,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if tp is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            # NaN or infinity is never a meaningful setting; "no limit" is spelled none.
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -127,7 +134,15 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any], prefix: str = "")
     for head, sub in nested.items():
         base = changes.get(head, getattr(config, head))
         changes[head] = apply_overrides(base, sub, prefix=f"{prefix}{head}.")
-    return dataclasses.replace(config, **changes) if changes else config
+    if not changes:
+        return config
+    try:
+        return dataclasses.replace(config, **changes)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        # A config's own checks (__post_init__) raise ValueError; report them as option errors.
+        raise ConfigError(f"{prefix}{', '.join(sorted(changes))}: {error}") from None
 
 
 def parse_set_arguments(items: list[str] | None) -> dict[str, Any]:
@@ -157,17 +172,23 @@ def to_dict(config: Any) -> dict[str, Any]:
     return convert(config)
 
 
-def from_dict(cls: type, values: Mapping[str, Any]) -> Any:
-    """Build a config of type ``cls`` from a (possibly partial) nested dict."""
-    return apply_overrides(cls(), values)
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with path.open() as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.constructor.ConstructorError as error:
+        # safe_load refuses tags such as !!python/object, which would build arbitrary objects.
+        raise ConfigError(f"{path}: {error.problem} {error.problem_mark or ''}; recipes hold plain values only "
+                          f"(numbers, strings, lists, mappings)") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where} ({getattr(error, 'problem', None) or error}); fix the file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level")
     return data

@@ -28,7 +28,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gan_style.config import dump_yaml, to_dict
-from gan_style.engine.checkpoint import FORMAT, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from gan_style.engine.checkpoint import (
+    FORMAT,
+    LATEST,
+    atomic_link,
+    atomic_torch_save,
+    load_run_checkpoint,
+    rank_file,
+    read_weights,
+    remove_orphans,
+    rng_state,
+    set_rng_state,
+    snapshot_name,
+    snapshots,
+)
+from gan_style.errors import CheckpointError
 from gan_style.engine.schedules import build_scheduler
 from gan_style.methods.base import Method, OptimizerSpec, StepContext
 
@@ -120,8 +134,8 @@ class Trainer:
             self.nets = {name: torch.compile(net) for name, net in self.nets.items()}
         self.schedulers = {name: build_scheduler(opt, self.config) for name, opt in self.optimizers.items()}
         self.phases = method.phases()
-        self.last_visuals: dict[str, Tensor] = {}
         self._writer = None
+        self._saved_step: int | None = None
 
     # -- construction helpers ------------------------------------------------------------------
     def _check_optimizer_specs(self) -> None:
@@ -245,7 +259,8 @@ class Trainer:
         if window:
             self._log_scalars(window)
         self._log_images()
-        self.save()
+        if self._saved_step != self.progress.step:
+            self.save()
         if bar is not None:
             bar.close()
         if self._writer is not None:
@@ -302,7 +317,6 @@ class Trainer:
         samples = self.run_dir / "samples"
         samples.mkdir(parents=True, exist_ok=True)
         torchvision.utils.save_image(grid, samples / f"step_{self.progress.step:08d}.png")
-        self.last_visuals = visuals
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -322,48 +336,62 @@ class Trainer:
         return {"rng": rng_state(), "method": self.method.state_dict()}
 
     def save(self, path: str | Path | None = None) -> Path | None:
-        """Write the full training state; every process writes its own local state beside it."""
+        """Write the full training state once: ``checkpoints/step_N.pt``, which ``latest.pt`` then
+        names too (or ``path``). Every process > 0 writes its own local state beside it."""
         if self.run_dir is None and path is None:
             return None
         ckpt_dir = self.run_dir / "checkpoints" if path is None else Path(path).parent
-        target = Path(path) if path is not None else ckpt_dir / "latest.pt"
-        self.accelerator.wait_for_everyone()
+        target = Path(path) if path is not None else ckpt_dir / snapshot_name(self.progress.step)
         rank = self.accelerator.process_index
-        if self.accelerator.is_main_process:
-            state = self.state_dict()
-            atomic_torch_save(state, target)
-            if path is None:
-                snapshot = ckpt_dir / f"step_{self.progress.step:08d}.pt"
-                atomic_torch_save(state, snapshot)
-                self._prune_snapshots(ckpt_dir)
-        if rank > 0:
-            atomic_torch_save(self._local_state(), target.with_name(f"{target.stem}.rank{rank}.pt"))
+        if self.accelerator.is_main_process and ckpt_dir.is_dir():
+            remove_orphans(ckpt_dir)  # before the barrier: no process is writing yet
         self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            atomic_torch_save(self.state_dict(), target)
+        if rank > 0:
+            atomic_torch_save(self._local_state(), rank_file(target, rank))
+        self.accelerator.wait_for_everyone()
+        if path is None:
+            # Each process links its own file, once every file of this step exists.
+            latest = ckpt_dir / LATEST
+            atomic_link(target if rank == 0 else rank_file(target, rank), latest if rank == 0 else rank_file(latest, rank))
+            if self.accelerator.is_main_process:
+                self._prune_snapshots(ckpt_dir)
+            self.accelerator.wait_for_everyone()
+            target = ckpt_dir / LATEST
+        self._saved_step = self.progress.step
         return target
 
     def _prune_snapshots(self, ckpt_dir: Path) -> None:
-        snapshots = sorted(ckpt_dir.glob("step_*.pt"))
-        for old in snapshots[: max(0, len(snapshots) - self.config.keep_checkpoints)]:
-            old.unlink(missing_ok=True)
+        kept = snapshots(ckpt_dir)
+        for old in kept[: max(0, len(kept) - self.config.keep_checkpoints)]:
+            for file in (old, *old.parent.glob(f"{old.stem}.rank*.pt")):
+                file.unlink(missing_ok=True)
 
-    def load(self, path: str | Path) -> None:
-        """Restore a checkpoint written by ``save`` (the config must build the same networks)."""
+    def load(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
+        """Restore a checkpoint written by ``save`` (the config must build the same networks): a
+        checkpoint file, or a run folder (its newest intact checkpoint). ``state`` is the file's
+        content when the caller has already read it."""
+        if state is None:
+            path, state = load_run_checkpoint(path)
         path = Path(path)
-        state = load_checkpoint(path)
+        if self.accelerator.is_main_process:
+            remove_orphans(path.parent)
         for name, net in self._raw.items():
             if name not in state["networks"]:
-                raise ValueError(f"{path} has no weights for network {name!r}")
+                raise CheckpointError(f"{path} has no weights for network {name!r}; it was saved by another configuration")
             net.load_state_dict(state["networks"][name])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scheduler in self.schedulers.items():
             scheduler.load_state_dict(state["schedulers"][name])
         self.progress = Progress(**state["progress"])
+        self._saved_step = self.progress.step
         local = state["local"]
         rank = self.accelerator.process_index
-        rank_file = path.with_name(f"{path.stem}.rank{rank}.pt")
-        if rank > 0 and rank_file.is_file():
-            local = torch.load(rank_file, map_location="cpu", weights_only=True)
+        own = rank_file(path, rank)
+        if rank > 0 and own.is_file():
+            local = read_weights(own)
         self.method.load_state_dict(local["method"])
         set_rng_state(local["rng"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gan_style.errors import CheckpointError
+
 
 class LayoutMismatch(Exception):
     """A state dict does not fit one known layout; ``reason`` says what did not match."""
@@ -12,5 +14,5 @@ class LayoutMismatch(Exception):
         self.reason = reason
 
 
-class CheckpointLayoutError(ValueError):
+class CheckpointLayoutError(CheckpointError):
     """No known layout fits a checkpoint. The message lists, per layout tried, what did not match."""

@@ -18,6 +18,7 @@ across iterations and be checkpointed (CycleGAN's image pools) is returned by ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -44,6 +45,16 @@ class OptimizerSpec:
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
     kind: str = "adam"  # adam | adamw
+
+    def __post_init__(self) -> None:
+        from gan_style.config import ConfigError
+
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"the learning rate of optimiser {self.name!r} must be a positive number, got {self.lr}; set the method's lr option (e.g. --set lr=2e-4)")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"the betas of optimiser {self.name!r} must lie in [0, 1), got {self.betas}; check the beta1/beta2 options")
+        if self.kind not in ("adam", "adamw"):
+            raise ConfigError(f"optimiser {self.name!r}: unknown kind {self.kind!r}; use adam or adamw")
 
 
 @dataclass

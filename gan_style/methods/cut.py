@@ -60,6 +60,7 @@ from gan_style.data.single_image import SingleImageDataConfig
 from gan_style.data.transforms import ImageTransform
 from gan_style.data.unpaired import UnpairedImageDataset
 from gan_style.engine.config import TrainConfig
+from gan_style.errors import UserError
 from gan_style.losses.adversarial import GAN_MODES, gan_loss, r1_penalty
 from gan_style.losses.patchnce import multilayer_patch_nce_loss
 from gan_style.methods.base import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput
@@ -446,7 +447,7 @@ class CUT(Method):
 
     def inference_network(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> nn.Module:
         if direction != "AtoB":
-            raise ValueError(f"{self.name} translates one way (A to B); train with data.direction=BtoA for the other way")
+            raise UserError(f"--direction {direction}: {self.name} translates one way (A to B); for B to A train another model with --set data.direction=BtoA")
         return nets["G"]
 
     def state_dict(self) -> dict[str, Any]:
