@@ -3,7 +3,8 @@
 
     python eval/bench_table.py --methods cyclegan --sizes 128 256 --repeats 2 [--set train.channels_last=false]
 
-Prints one JSON line per run and a markdown table of medians.
+Prints one JSON line per run and a markdown table of medians, with the FLOP/s figures that compare
+across machines: GFLOP per step, GFLOP/s achieved, and the fraction of the same process's matmul peak.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (the matmul peak is still timed)")
     args = parser.parse_args()
-    extra = [item for kv in args.set for item in ("--set", kv)]
+    extra = [item for kv in args.set for item in ("--set", kv)] + (["--no-flops"] if args.no_flops else [])
     if args.threads:
         extra += ["--threads", str(args.threads)]
     results: dict[tuple[str, int], list[dict]] = {}
@@ -42,12 +44,18 @@ def main() -> None:
                 result = run_once(method, size, args.steps, args.warmup, extra)
                 print(json.dumps(result), flush=True)
                 results.setdefault((method, size), []).append(result)
-    print("\n| method | size | s/iteration (median) | peak RSS |")
-    print("|---|---|---|---|")
+    print("\n| method | size | s/iteration (median) | peak RSS | GFLOP/iteration | GFLOP/s | matmul peak GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for (method, size), runs in results.items():
         seconds = statistics.median(r["sec_per_iter"] for r in runs)
         rss = max(r["peak_rss_mb"] for r in runs) / 1024
-        print(f"| {method} | {size} px | {seconds:.2f} s | {rss:.1f} GiB |")
+        peak = statistics.median(r["peak_gflops"] for r in runs)
+        if not args.no_flops:
+            gflop = statistics.median(r["gflop_per_iter"] for r in runs)
+            flops = f"{gflop:.4g} | {gflop / seconds:.4g} | {peak:.4g} | {gflop / seconds / peak:.1%}"
+        else:
+            flops = f"- | - | {peak:.4g} | -"
+        print(f"| {method} | {size} px | {seconds:.2f} s | {rss:.1f} GiB | {flops} |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""``gan-style bench METHOD --size N``: seconds per training iteration and peak memory.
+"""``gan-style bench METHOD --size N``: seconds per training iteration, peak memory and GFLOP/s.
 
 Trains the method's default (full-size, paper-preset) networks at batch 1 on synthetic images
 for a few iterations through the same ``Trainer.train_step`` that real training uses, and
 reports the median time per iteration after warm-up and the process's peak resident memory
 (which includes the ~0.8 GB of ``import torch, torchvision``, as the reference figures do).
+
+Seconds depend on the machine, so it also reports figures that travel between machines: the
+floating-point work of one step (counted on an extra, untimed step), the rate achieved, and the
+rate of a dense matmul of the step's dtype timed in the same process (``fraction_of_peak``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import platform
 import resource
 import statistics
 import time
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
+
+MATMUL_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def peak_rss_mb() -> float:
@@ -23,7 +30,57 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int = 1, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _significant(x: float, digits: int = 4) -> float:
+    # Tiny test networks do ~1e-3 GFLOP per step: fixed decimals would round them to zero.
+    return float(f"{x:.{digits}g}")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_gflop(fn: Callable[[], Any]) -> float:
+    """GFLOP (1e9 flop) of ``fn()``, counted by ``FlopCounterMode`` from the shapes of the
+    matmuls, convolutions and attention it runs, forward and backward (elementwise work: norms,
+    activations, the optimiser update, counts zero, the usual convention for model FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def peak_matmul_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n_max: int | None = None, calls: int = 5, budget_s: float = 1.0) -> tuple[float, int]:
+    """(GFLOP/s, n): the best of up to ``calls`` timed dense n x n ``dtype`` matmuls (2 n^3 flop)
+    on ``device`` with the current torch thread count: the practical peak a step is compared to.
+
+    n doubles from 256 (these calls are the warm-up) up to ``n_max`` (2048 on CPU, 8192 on CUDA)
+    while one call takes under 50 ms, so that a dtype this CPU has no fast kernels for stays small
+    rather than taking minutes; timed calls stop once they have taken ``budget_s``."""
+    device = torch.device(device)
+    n_max = n_max or (8192 if device.type == "cuda" else 2048)
+
+    def one_call(n: int) -> float:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        _synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _synchronize(device)
+        return time.perf_counter() - start
+
+    n = 256
+    while n < n_max and one_call(n) < 0.05:
+        n *= 2
+    one_call(n)  # warm-up at the final size (the loop may have stopped before running it)
+    timings: list[float] = []
+    while len(timings) < calls and (len(timings) < 2 or sum(timings) < budget_s):
+        timings.append(one_call(n))
+    return 2 * n**3 / min(timings) / 1e9, n
+
+
+def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int = 1, preset: str | None = None, overrides: Mapping[str, Any] | None = None, count_flops: bool = True) -> dict[str, Any]:
     from gan_style.engine.trainer import Trainer
     from gan_style.methods import get_method
     from gan_style.methods.base import config_from_overrides
@@ -64,14 +121,33 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     }
     if trainer.device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    # Peak memory is read above, so the counted step and the matmul below change no figure that
+    # is compared with the reference's. Counting slows a step down: it is an extra, untimed one.
+    dtype = MATMUL_DTYPES.get(config.train.mixed_precision, torch.float32)
+    if count_flops:
+        batch = trainer.method.synthetic_batch(size, batch_size, generator)
+        gflop = count_gflop(lambda: trainer.train_step(batch))
+    peak, n = peak_matmul_gflops(trainer.device, dtype)
+    result.update(peak_gflops=_significant(peak), peak_dtype=str(dtype).removeprefix("torch."), peak_matmul_n=n)
+    if count_flops:
+        achieved = gflop / statistics.median(timings)
+        result.update(gflop_per_iter=_significant(gflop), achieved_gflops=_significant(achieved), fraction_of_peak=_significant(achieved / peak, 3))
     return result
 
 
 def format_result(result: Mapping[str, Any], as_json: bool) -> str:
     if as_json:
         return json.dumps(result)
-    return (
+    line = (
         f"{result['method']} {result['size']}px batch {result['batch_size']}: "
         f"{result['sec_per_iter']:.3f} s/iteration (median of {result['steps']}), "
         f"peak RSS {result['peak_rss_mb']:.0f} MB, {result['threads']} threads on {result['device']}"
     )
+    if "achieved_gflops" in result:
+        line += (
+            f"; {result['gflop_per_iter']:.4g} GFLOP/iteration, {result['achieved_gflops']:.4g} GFLOP/s = "
+            f"{100 * result['fraction_of_peak']:.3g}% of the {result['peak_gflops']:.4g} GFLOP/s {result['peak_dtype']} matmul peak"
+        )
+    else:
+        line += f"; {result['peak_dtype']} matmul peak {result['peak_gflops']:.4g} GFLOP/s"
+    return line

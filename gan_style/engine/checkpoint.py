@@ -133,7 +133,8 @@ def read_weights(path: str | Path, map_location: str | torch.device = "cpu", mma
             ) from None
         raise CheckpointError(f"{path} is not a readable PyTorch weights file ({error}); use another file") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        # torch's own text goes on for lines; its first sentence says what failed.
+        reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({reason}); use another checkpoint") from None
 
 

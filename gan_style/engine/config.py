@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from itertools import pairwise
 
-LR_POLICIES = ("linear", "step", "plateau", "cosine")
+from gan_style.config import ConfigError
+
+LR_POLICIES = ("linear", "step", "multistep", "cosine", "constant", "inverse", "plateau")
+LR_UNITS = ("epoch", "iteration")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def _check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"train.{name} must be {expected}, got {value!r}")
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @dataclass
@@ -16,10 +30,20 @@ class TrainConfig:
     n_epochs: int = 100
     n_epochs_decay: int = 100
     epoch_count: int = 1
-    lr_policy: str = "linear"
-    lr_decay_iters: int = 50  # step policy: multiply by 0.1 every lr_decay_iters epochs
+    # Learning-rate schedule (gan_style.engine.schedules): the factor of each base lr, counted in
+    # lr_unit. "epoch" reproduces the CycleGAN/CUT reference (changes at epoch ends, the run lasts
+    # total_epochs); "iteration" changes it before every iteration and the run lasts max_steps.
+    lr_unit: str = "epoch"
+    lr_policy: str = "linear"  # one of LR_POLICIES; plateau needs the epoch unit
+    lr_decay_iters: int = 50  # step policy, epoch unit: the reference's step size, in epochs
+    lr_step_size: int | None = None  # step policy: step size in lr_unit; None: lr_decay_iters (epochs)
+    lr_gamma: float = 0.1  # step / multistep: the factor at each step (reference: 0.1; MUNIT: 0.5)
+    lr_milestones: tuple[int, ...] = ()  # multistep: increasing points, in lr_unit, where lr *= gamma
+    lr_decay_start: int = 0  # linear, iteration unit: iterations at the full lr before the decay to max_steps
+    lr_inverse_k: float = 5e-5  # inverse: lr / (1 + k * t) (AdaIN reference: k = 5e-5 per iteration)
+    lr_warmup_steps: int = 0  # linear warm-up over this many first iterations, in both units; 0: off
     # Budgets that end a run early (a checkpoint is written when they are reached).
-    max_steps: int | None = None
+    max_steps: int | None = None  # iterations; the run's length with lr_unit "iteration"
     max_minutes: float | None = None
     seed: int = 0
     mixed_precision: str = "no"
@@ -33,15 +57,44 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
-        if self.lr_policy not in LR_POLICIES:
-            raise ValueError(f"train.lr_policy must be one of {', '.join(LR_POLICIES)}, got {self.lr_policy!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
-            )
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        for name, options in (("lr_policy", LR_POLICIES), ("lr_unit", LR_UNITS), ("mixed_precision", MIXED_PRECISION)):
+            _check(getattr(self, name) in options, name, getattr(self, name), f"one of {', '.join(options)}")
+        for name in ("batch_size", "epoch_count", "lr_decay_iters", "log_every", "image_every", "save_every", "keep_checkpoints"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        for name in ("n_epochs", "n_epochs_decay", "lr_decay_start", "lr_warmup_steps"):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
+        if self.total_epochs < 1:
+            raise ConfigError(f"train.n_epochs + train.n_epochs_decay must be >= 1, got {self.n_epochs} + {self.n_epochs_decay}")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", self.max_steps, "None or >= 1")
+        _check(self.max_minutes is None or (_finite(self.max_minutes) and self.max_minutes > 0), "max_minutes", self.max_minutes, "None or a finite number > 0")
+        _check(self.lr_step_size is None or self.lr_step_size >= 1, "lr_step_size", self.lr_step_size, "None or >= 1")
+        _check(_finite(self.lr_gamma) and self.lr_gamma > 0, "lr_gamma", self.lr_gamma, "a finite number > 0")
+        _check(_finite(self.lr_inverse_k) and self.lr_inverse_k >= 0, "lr_inverse_k", self.lr_inverse_k, "a finite number >= 0")
+        ms = self.lr_milestones
+        _check(min(ms, default=1) >= 1 and all(a < b for a, b in pairwise(ms)), "lr_milestones", ms, "strictly increasing integers >= 1")
+        if self.lr_policy == "multistep":
+            _check(len(ms) > 0, "lr_milestones", ms, "non-empty for lr_policy multistep")
+        if self.lr_unit == "epoch":
+            _check(self.epoch_count <= self.total_epochs, "epoch_count", self.epoch_count, f"<= n_epochs + n_epochs_decay ({self.total_epochs}), the last epoch")
+            if self.lr_policy == "cosine":  # torch's CosineAnnealingLR(T_max=n_epochs) divides by it
+                _check(self.n_epochs >= 1, "n_epochs", self.n_epochs, ">= 1 for lr_policy cosine (its period)")
+            return
+        # The iteration unit: the run and its schedule are said in iterations.
+        if self.max_steps is None:
+            raise ConfigError("train.max_steps must be set (the run's length in iterations) when train.lr_unit is iteration, got None")
+        _check(self.lr_policy != "plateau", "lr_policy", self.lr_policy, "an iteration policy (plateau steps at epoch ends: use lr_unit epoch)")
+        if self.lr_policy == "step":
+            _check(self.lr_step_size is not None, "lr_step_size", self.lr_step_size, "set (in iterations) for lr_policy step with lr_unit iteration")
+        if self.lr_policy == "linear":
+            _check(self.lr_decay_start <= self.max_steps, "lr_decay_start", self.lr_decay_start, f"<= train.max_steps ({self.max_steps})")
 
     @property
     def total_epochs(self) -> int:
         return self.n_epochs + self.n_epochs_decay
+
+    @property
+    def last_epoch(self) -> int | None:
+        """The number of the last epoch the run trains: with the epoch unit n_epochs + n_epochs_decay
+        whatever epoch_count (the reference's ``range(epoch_count, n_epochs + n_epochs_decay + 1)``,
+        so the linear rule never goes below zero); None with the iteration unit (max_steps ends it)."""
+        return self.total_epochs if self.lr_unit == "epoch" else None

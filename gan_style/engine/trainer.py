@@ -43,7 +43,7 @@ from gan_style.engine.checkpoint import (
     snapshots,
 )
 from gan_style.errors import CheckpointError
-from gan_style.engine.schedules import build_scheduler
+from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.methods.base import Method, OptimizerSpec, StepContext
 
 
@@ -132,7 +132,8 @@ class Trainer:
         self.optimizers = dict(zip(optimizers.keys(), prepared[len(trained_names) :]))
         if self.config.compile:
             self.nets = {name: torch.compile(net) for name, net in self.nets.items()}
-        self.schedulers = {name: build_scheduler(opt, self.config) for name, opt in self.optimizers.items()}
+        # A pure function of (step, epoch): resuming restores the schedule with the progress.
+        self.schedule = build_schedule(self.config)
         self.phases = method.phases()
         self._writer = None
         self._saved_step: int | None = None
@@ -166,6 +167,9 @@ class Trainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Run every phase of one iteration on ``batch``; return the detached loss terms and logs."""
         batch = _to_device(batch, self.device, self.config.channels_last)
+        factor = self.schedule(self.progress.step, self.progress.epoch)
+        for name, optimizer in self.optimizers.items():
+            set_lr(optimizer, [self.optimizer_specs[name].lr], factor)
         logs: dict[str, Tensor] = {}
         with self.accelerator.autocast():
             carry: dict[str, Any] = dict(self.method.forward(StepContext(self.nets, {}, self.progress.step, self.progress.epoch), batch) or {})
@@ -215,64 +219,62 @@ class Trainer:
         cfg = self.config
         dataset = self.method.build_dataset(cfg.seed)
         per_epoch = self.batches_per_epoch(dataset)
-        last_epoch = cfg.epoch_count + cfg.total_epochs - 1
-        planned = (last_epoch - self.progress.epoch + 1) * per_epoch - self.progress.batch_in_epoch + self.progress.step
-        if cfg.max_steps is not None:
-            planned = min(planned, cfg.max_steps)
+        last_epoch = cfg.last_epoch  # None: the run is counted in iterations (max_steps)
+        planned = cfg.max_steps
+        if last_epoch is not None:
+            remaining = (last_epoch - self.progress.epoch + 1) * per_epoch - self.progress.batch_in_epoch + self.progress.step
+            planned = remaining if planned is None else min(planned, remaining)
         self._open_logs()
         bar = None
         if self.show_progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=planned, initial=self.progress.step, desc=f"{self.method.name}", unit="it", dynamic_ncols=True)
-        started = time.monotonic()
-        window: dict[str, list[Tensor]] = defaultdict(list)
-        stop = False
-        while self.progress.epoch <= last_epoch and not stop:
-            for batch in self._batches(dataset, self.progress.epoch, self.progress.batch_in_epoch):
-                logs = self.train_step(batch)
-                self.progress.step += 1
-                self.progress.batch_in_epoch += 1
-                for key, value in logs.items():
-                    window[key].append(value)
-                if on_step is not None:
-                    on_step(self.progress.step, logs)
-                if bar is not None:
-                    bar.update(1)
-                step = self.progress.step
-                if step % cfg.log_every == 0:
-                    means = self._log_scalars(window)
-                    window.clear()
+        try:
+            started = time.monotonic()
+            window: dict[str, list[Tensor]] = defaultdict(list)
+            stop = False
+            while (last_epoch is None or self.progress.epoch <= last_epoch) and not stop:
+                for batch in self._batches(dataset, self.progress.epoch, self.progress.batch_in_epoch):
+                    logs = self.train_step(batch)
+                    self.progress.step += 1
+                    self.progress.batch_in_epoch += 1
+                    for key, value in logs.items():
+                        window[key].append(value)
+                    if on_step is not None:
+                        on_step(self.progress.step, logs)
                     if bar is not None:
-                        bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in means.items() if k.startswith("loss/")}, refresh=False)
-                if step % cfg.image_every == 0:
-                    self._log_images()
-                if step % cfg.save_every == 0:
-                    self.save()
-                out_of_steps = cfg.max_steps is not None and step >= cfg.max_steps
-                out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
-                if out_of_steps or out_of_time:
-                    stop = True
-                    break
-            else:
-                self._end_epoch()
-        if window:
-            self._log_scalars(window)
-        self._log_images()
-        if self._saved_step != self.progress.step:
-            self.save()
-        if bar is not None:
-            bar.close()
+                        bar.update(1)
+                    step = self.progress.step
+                    if step % cfg.log_every == 0:
+                        means = self._log_scalars(window)
+                        window.clear()
+                        if bar is not None:
+                            bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in means.items() if k.startswith("loss/")}, refresh=False)
+                    if step % cfg.image_every == 0:
+                        self._log_images()
+                    if step % cfg.save_every == 0:
+                        self.save()
+                    out_of_steps = cfg.max_steps is not None and step >= cfg.max_steps
+                    out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+                    if out_of_steps or out_of_time:
+                        stop = True
+                        break
+                else:
+                    self._end_epoch()
+            if window:
+                self._log_scalars(window)
+            self._log_images()
+            if self._saved_step != self.progress.step:
+                self.save()
+        finally:
+            if bar is not None:
+                bar.close()  # ends the bar's line, so an error message starts a line of its own
         if self._writer is not None:
             self._writer.flush()
         return self.progress
 
     def _end_epoch(self) -> None:
-        for scheduler in self.schedulers.values():
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(0)  # the reference monitors nothing; keep its behaviour
-            else:
-                scheduler.step()
         self.progress.epoch += 1
         self.progress.batch_in_epoch = 0
 
@@ -326,7 +328,6 @@ class Trainer:
             "config": to_dict(self.method.config),
             "networks": {name: net.state_dict() for name, net in self._raw.items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "schedulers": {name: sch.state_dict() for name, sch in self.schedulers.items()},
             "progress": {"step": self.progress.step, "epoch": self.progress.epoch, "batch_in_epoch": self.progress.batch_in_epoch},
             "local": self._local_state(),
         }
@@ -383,8 +384,6 @@ class Trainer:
             net.load_state_dict(state["networks"][name])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
-        for name, scheduler in self.schedulers.items():
-            scheduler.load_state_dict(state["schedulers"][name])
         self.progress = Progress(**state["progress"])
         self._saved_step = self.progress.step
         local = state["local"]

@@ -24,16 +24,10 @@ IMPORTERS: list[Importer] = [*pix2pix_family.IMPORTERS, *cut_family.IMPORTERS]
 
 
 def read_checkpoint_file(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types
-        raise CheckpointLayoutError(
-            f"{path} could not be read as a weights-only PyTorch file ({type(exc).__name__}: {exc}). "
-            "gan_style never unpickles arbitrary code; re-save the file as a plain state_dict."
-        ) from exc
+    """A reference file's content, read weights-only (see ``engine.checkpoint.read_weights``)."""
+    from gan_style.engine.checkpoint import read_weights
+
+    return read_weights(path)
 
 
 def _load_strict(net: nn.Module, state: Mapping[str, Tensor], layout: str) -> None:
