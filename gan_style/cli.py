@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -33,31 +34,47 @@ def _build_config(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return method_cls, config, run_name
 
 
+def _check_writable(folder: Path, option: str) -> None:
+    """Fail before any work when ``folder`` cannot be created or written."""
+    import os
+
+    from gan_style.errors import UserError
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {folder}: {existing} is a file, not a folder; choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {folder}: cannot write in {existing} (permission denied); choose a folder you can write to")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from gan_style.config import apply_overrides, parse_set_arguments
-    from gan_style.engine.checkpoint import load_checkpoint
+    from gan_style.engine.checkpoint import LATEST, load_run_checkpoint
     from gan_style.engine.trainer import Trainer
+    from gan_style.errors import UserError
     from gan_style.methods import get_method
 
     if args.resume:
         run_dir = Path(args.resume)
-        ckpt = run_dir / "checkpoints" / "latest.pt"
-        if not ckpt.is_file():
-            print(f"error: {run_dir} has no checkpoints/latest.pt to resume from", file=sys.stderr)
-            return 2
-        saved = load_checkpoint(ckpt)
+        ckpt, saved = load_run_checkpoint(run_dir)
+        if ckpt.parent.name == "checkpoints":
+            run_dir = ckpt.parent.parent
         method_cls = get_method(saved["method"])
         # Resume with the saved configuration; --set may change budgets and logging cadence.
         config = apply_overrides(apply_overrides(method_cls.Config(), saved["config"]), parse_set_arguments(args.set))
+        _check_writable(run_dir, "--resume")
         trainer = Trainer(method_cls(config), run_dir)
-        trainer.load(ckpt)
+        trainer.load(ckpt, saved)
         print(f"resuming {saved['method']} from {ckpt} at step {trainer.progress.step} (epoch {trainer.progress.epoch})")
     else:
         method_cls, config, run_name = _build_config(args)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / "checkpoints" / "latest.pt").exists():
-            print(f"error: {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --run-dir", file=sys.stderr)
-            return 2
+        checkpoints = run_dir / "checkpoints"
+        if (checkpoints / LATEST).exists() or any(checkpoints.glob("step_*.pt")):
+            raise UserError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --run-dir")
+        _check_writable(run_dir, "--run-dir")
         trainer = Trainer(method_cls(config), run_dir)
         if trainer.accelerator.is_main_process:
             print(f"training {method_cls.name} -> {run_dir}")
@@ -69,16 +86,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    import torch
+    """Exit status 0 when every input was written, 1 when some were skipped (each named on
+    stderr), 2 on an error (``--strict`` makes the first bad input one)."""
+    from tqdm.auto import tqdm
 
     from gan_style.bench import peak_rss_mb
-    from gan_style.translate import collect_inputs, load_translator, translate_images
+    from gan_style.translate import (
+        check_options,
+        check_output_folder,
+        checkpoint_path,
+        collect_inputs,
+        load_translator,
+        plan_outputs,
+        resolve_device,
+        translate_images,
+    )
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    translator = load_translator(args.checkpoint, args.direction, device)
-    print(f"using {translator.description}")
+    # Everything that can be checked without the model is checked first: loading takes a while.
+    check_options(args.tile, args.tile_overlap, args.batch_size, args.max_pixels, args.fit)
+    device = resolve_device(args.device)
+    checkpoint_path(args.checkpoint)
+    check_output_folder(args.input, args.output)
     inputs = collect_inputs(args.input)
     input_root = Path(args.input) if Path(args.input).is_dir() else None
+    plan_outputs(inputs, args.output, input_root)  # refuses outputs that would overwrite an input
+    translator = load_translator(args.checkpoint, args.direction, device)
+    print(f"using {translator.description}")
     written = translate_images(
         translator,
         inputs,
@@ -90,7 +123,15 @@ def cmd_translate(args: argparse.Namespace) -> int:
         input_root=input_root,
         device=device,
         progress=not args.quiet,
+        strict=args.strict,
+        max_pixels=args.max_pixels,
+        # tqdm.write keeps the progress bar intact below the message.
+        report=lambda message: tqdm.write(f"warning: {message}", file=sys.stderr),
     )
+    skipped = len(inputs) - len(written)
+    if skipped:
+        print(f"wrote {len(written)}, skipped {skipped} (see above); outputs in {args.output}")
+        return 1
     print(f"wrote {len(written)} image(s) to {args.output} (peak memory {peak_rss_mb():.0f} MB)")
     return 0
 
@@ -103,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_benchmark(args.method, args.size, args.steps, args.warmup, args.batch_size, args.preset, parse_set_arguments(args.set))
+    result = run_benchmark(args.method, args.size, args.steps, args.warmup, args.batch_size, args.preset, parse_set_arguments(args.set), count_flops=not args.no_flops)
     print(format_result(result, args.json))
     return 0
 
@@ -129,13 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--fit", choices=("pad", "resize"), default="pad", help="pad: exact input size (default); resize: the reference's multiple-of-4 resize")
     translate.add_argument("--tile", type=int, default=None, metavar="PX", help="translate in overlapping tiles of PX pixels (bounded memory for huge images)")
     translate.add_argument("--tile-overlap", type=int, default=64, metavar="PX", help="overlap between tiles, blended linearly (default 64)")
-    translate.add_argument("--batch-size", type=int, default=1)
+    translate.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images only; default 1)")
     translate.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="which generator of a two-way method")
     translate.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    translate.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                           help="decode images of up to N pixels (0: no limit; default: PIL's decompression-bomb guard, about 179 million, lifted by --tile)")
+    translate.add_argument("--strict", action="store_true", help="stop at the first unreadable or untranslatable image (default: skip it, exit status 1)")
     translate.add_argument("--quiet", action="store_true", help="no progress bar")
     translate.set_defaults(func=cmd_translate)
 
-    bench = sub.add_parser("bench", help="seconds per training iteration and peak memory on synthetic data")
+    bench = sub.add_parser("bench", help="seconds per training iteration, peak memory and GFLOP/s on synthetic data")
     bench.add_argument("method", help="method name, e.g. cyclegan")
     bench.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     bench.add_argument("--steps", type=int, default=5, help="timed iterations (default 5)")
@@ -145,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", action="append", metavar="KEY=VALUE", help="override config fields")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     bench.add_argument("--json", action="store_true", help="print one JSON line")
+    bench.add_argument("--no-flops", action="store_true", help="skip counting the FLOPs of a step (an extra, slower step; the matmul peak is still timed)")
     bench.set_defaults(func=cmd_bench)
 
     # Listed for --help; main() hands `download ...` to gan_style.data.download.main.
@@ -161,23 +206,89 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "GAN_STYLE_DEBUG"
+
+
+def _fatal_message(error: BaseException) -> tuple[str, int] | None:
+    """The one-line message and exit status for a failure the user can act on, else None."""
+    import errno
+
+    import torch
+
+    from gan_style.errors import UserError
+
+    if isinstance(error, UserError):
+        return str(error), 2
+    text = str(error)
+    out_of_memory = isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    )
+    if out_of_memory:
+        return ("out of memory. Use smaller images or batches, or translate in tiles (--tile 512); "
+                "for training, lower train.batch_size or data.crop_size"), 2
+    disk_full = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if disk_full or "No space left on device" in text or "file write failed" in text:
+        where = f" writing {error.filename}" if isinstance(error, OSError) and error.filename else ""
+        return f"no space left on the device{where}; free some space (the last complete checkpoint is kept) and resume", 2
+    if isinstance(error, PermissionError) or (isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EROFS)):
+        return f"cannot write {error.filename or 'a file'}: {error.strerror}; choose a folder you can write to", 2
+    if isinstance(error, FileNotFoundError):
+        return f"{error.filename or text} does not exist; check the path", 2
+    return None
+
+
+class _StderrLines(logging.Handler):
+    """Library messages (``logging``) as plain ``warning: ...`` lines on whatever ``sys.stderr`` is
+    when they are written (tests and notebooks replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+            sys.stderr.write(f"{prefix}{text}\n")
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def _configure_logging(debug: bool) -> None:
+    logger = logging.getLogger("gan_style")
+    if not any(isinstance(handler, _StderrLines) for handler in logger.handlers):
+        logger.addHandler(_StderrLines())
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``gan-style``. A user error ends with one ``error:`` line on stderr and status 2, no
+    traceback; ``--debug`` (anywhere on the line) or GAN_STYLE_DEBUG=1 shows tracebacks."""
+    import os
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["download"]:
-        # The download command has its own parser; hand it every argument, options included.
-        from gan_style.data.download import main as download_main
-
-        return download_main(argv[1:], prog="gan-style download")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from gan_style.config import ConfigError
-    from gan_style.data.images import DatasetError
-
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    argv = [a for a in argv if a != "--debug"]
+    _configure_logging(debug)
     try:
+        if argv[:1] == ["download"]:
+            # The download command has its own parser; hand it every argument, options included.
+            from gan_style.data.download import main as download_main
+
+            return download_main(argv[1:], prog="gan-style download")
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        known = _fatal_message(error)
+        if known is None:
+            first_line = next((line for line in str(error).splitlines() if line.strip()), "")
+            print(f"error: internal error {type(error).__name__}: {first_line} "
+                  f"Run again with --debug (or {DEBUG_ENV}=1) for the traceback, and please report it.", file=sys.stderr)
+            return 1
+        message, status = known
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

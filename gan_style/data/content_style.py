@@ -91,8 +91,8 @@ class ContentStyleDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
         rng = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index, stream="content_style"))
         style_index = int(torch.randint(0, len(self.style_paths), (1,), generator=rng).item())
-        content, content_path = load_first_readable(self.content_paths, index, self.content_dir)
-        style, style_path = load_first_readable(self.style_paths, style_index, self.style_dir)
+        content, content_path = load_first_readable(self.content_paths, index, self.content_dir, (self.load_size, self.load_size))
+        style, style_path = load_first_readable(self.style_paths, style_index, self.style_dir, (self.load_size, self.load_size))
         return {
             "content": self._resize_and_crop(content, rng),
             "style": self._resize_and_crop(style, rng),

@@ -7,14 +7,17 @@ CycleGAN convention: float32 (C, H, W) in [-1, 1].
 
 from __future__ import annotations
 
-import warnings
-
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from gan_style.errors import UserError
 
 #: File name suffixes treated as images (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -36,10 +39,40 @@ ALPHA_BACKGROUND = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"LA", "La", "RGBA", "RGBa", "PA"})
+# Modes Image.reduce handles and whose box average means the same after _to_rgb.
+_REDUCIBLE_MODES = frozenset({"L", "RGB", "CMYK", "YCbCr", "I", "F"})
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A problem with the data on disk; the message names the path and how to fix it."""
+
+
+class ImageTooLargeError(DatasetError):
+    """An image above the decoder's pixel limit (PIL's guard against decompression bombs)."""
+
+    def __init__(self, message: str, path: Path, size: tuple[int, int], limit: int) -> None:
+        super().__init__(message)
+        self.path, self.size, self.limit = path, size, limit
+
+
+# The limits of the active pixel_limit() blocks, innermost last.
+_pixel_limits: list[int | None] = []
+
+
+@contextmanager
+def pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Within the block, :func:`load_rgb` decodes images of up to ``max_pixels`` pixels (``None``:
+    any size) and refuses larger ones, instead of PIL's guard (a warning above
+    ``Image.MAX_IMAGE_PIXELS``, a refusal above twice that). PIL's setting is restored
+    afterwards, so other callers keep it."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # load_rgb applies the limit itself, exactly
+    _pixel_limits.append(max_pixels)
+    try:
+        yield
+    finally:
+        _pixel_limits.pop()
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -73,12 +106,28 @@ def find_images(
         )
     images: list[Path] = []
     if recursive:
+        # Symlinked folders are followed, so a link to an ancestor (or two links to one folder)
+        # would list the same files again and again: each real folder is walked once. Sorting
+        # makes the walk order, hence which of the paths is kept, deterministic.
+        visited: dict[tuple[int, int], Path] = {}
         for directory, subdirs, files in os.walk(folder, followlinks=True):
-            subdirs[:] = [d for d in subdirs if not _is_hidden(d)]
             base = Path(directory)
-            images.extend(base / f for f in files if is_image_file(f) and not _is_hidden(f))
+            identity = _identity(base)
+            if identity is not None and identity in visited:
+                warnings.warn(
+                    f"{base} is a symbolic link to {visited[identity]}, which is already searched "
+                    f"(a loop or a second link); its images are listed once.",
+                    stacklevel=2,
+                )
+                subdirs[:] = []
+                continue
+            if identity is not None:
+                visited[identity] = base
+            subdirs[:] = sorted(d for d in subdirs if not _is_hidden(d))
+            images.extend(base / f for f in sorted(files) if is_image_file(f) and not _is_hidden(f))
     else:
-        images = [p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not _is_hidden(p.name)]
+        images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not _is_hidden(p.name))
+    images = _unique_files(images)
     images.sort()
     if not images:
         raise DatasetError(
@@ -91,7 +140,30 @@ def find_images(
     return images
 
 
-def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()  # follows links: the identity of what the path leads to
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _unique_files(paths: list[Path]) -> list[Path]:
+    """``paths`` without later paths to an already listed file (file symlinks, hard links).
+    Broken links are kept: loading reports them."""
+    seen: set[tuple[int, int]] = set()
+    unique = []
+    for path in paths:
+        identity = _identity(path)
+        if identity is not None and identity in seen:
+            continue
+        if identity is not None:
+            seen.add(identity)
+        unique.append(path)
+    return unique
+
+
+def load_rgb(path: str | os.PathLike[str], min_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``path`` into an 8-bit RGB image, upright according to its EXIF orientation.
 
     Conversions:
@@ -108,21 +180,65 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     * CMYK and the other colour spaces use Pillow's conversion (embedded ICC profiles are not
       applied).
 
+    ``min_size`` (width, height), for callers that resize the image down anyway: the image may
+    come back smaller, but at least twice ``min_size`` on each side (the margin
+    ``Image.thumbnail`` uses by default, so the final resize still low-pass filters properly). A
+    JPEG is then decoded at a reduced DCT scale (1/2, 1/4 or 1/8: a 144-megapixel photo is never
+    decoded whole), other formats are box-reduced after decoding. An image less than four times
+    ``min_size`` on either side comes back exactly as without it.
+
     Raises :class:`DatasetError` naming the file if it is missing, empty, truncated or not an
-    image.
+    image, :class:`ImageTooLargeError` above the decoder's pixel limit (see :func:`pixel_limit`).
     """
     path = Path(path)
     try:
         with Image.open(path) as opened:
+            limit = _pixel_limits[-1] if _pixel_limits else None
+            if limit is not None and opened.width * opened.height > limit:
+                raise ImageTooLargeError(_too_large_message(path, opened.size, limit), path, opened.size, limit)
+            if min_size is not None and opened.format == "JPEG":
+                stored = _stored_orientation(opened, min_size)
+                opened.draft(opened.mode, (2 * stored[0], 2 * stored[1]))
             opened.load()  # decode now, so truncated data fails here rather than later
-            return _to_rgb(_upright(opened))
-    except DatasetError:
-        raise
+            image = _upright(opened)
+            factor = 1
+            if min_size is not None:
+                factor = min(image.width // (2 * max(1, min_size[0])), image.height // (2 * max(1, min_size[1])))
+            if factor >= 2 and image.mode in _REDUCIBLE_MODES:
+                image, factor = image.reduce(factor), 1  # before the conversion, which copies
+            image = _to_rgb(image)
+            return image.reduce(factor) if factor >= 2 else image
+    except Image.DecompressionBombError as error:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        with pixel_limit(None), Image.open(path) as opened:  # reads the header only
+            size = opened.size
+        raise ImageTooLargeError(_too_large_message(path, size, limit), path, size, limit) from error
+    except (DatasetError, MemoryError):
+        raise  # running out of memory says nothing about the file
     except Exception as error:  # Pillow raises many types: OSError, SyntaxError, ValueError...
         raise DatasetError(
             f"Cannot read image {path}: {type(error).__name__}: {error}. The file is missing, "
             f"empty, truncated or not an image; replace or delete it."
         ) from error
+
+
+def _stored_orientation(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """An upright (width, height), at least 1 each, in the file's stored orientation: EXIF
+    orientations 5 to 8 swap the sides."""
+    try:
+        swapped = img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - as in _upright: bad EXIF means "as stored"
+        swapped = False
+    width, height = max(1, size[0]), max(1, size[1])
+    return (height, width) if swapped else (width, height)
+
+
+def _too_large_message(path: Path, size: tuple[int, int], limit: int) -> str:
+    return (
+        f"Image {path} is {size[0]}x{size[1]} = {size[0] * size[1]} pixels, more than the decoder "
+        f"accepts ({limit} pixels, a guard against decompression bombs); shrink the file, or raise "
+        f"the limit for trusted files (gan_style.data.images.pixel_limit)."
+    )
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -131,7 +247,7 @@ def _upright(img: Image.Image) -> Image.Image:
         if img.getexif().get(_EXIF_ORIENTATION, 1) == 1:
             return img  # the common case: no copy
         return ImageOps.exif_transpose(img)
-    except Exception:
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parsing raises many types
         # Malformed EXIF metadata should not cost a readable image; keep it as stored.
         return img
 
@@ -202,16 +318,19 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
 _unreadable_files: set[Path] = set()
 
 
-def load_first_readable(paths: list[Path], start: int, folder: Path) -> tuple[Image.Image, Path]:
+def load_first_readable(
+    paths: list[Path], start: int, folder: Path, min_size: tuple[int, int] | None = None
+) -> tuple[Image.Image, Path]:
     """Load ``paths[start]``, or the first readable file after it (wrapping around), warning once
     per unreadable file that it was skipped. Loading draws no random numbers, so skipping a file
-    does not change the randomness of anything else."""
+    does not change the randomness of anything else. ``min_size``: as for :func:`load_rgb`
+    (e.g. :attr:`ImageTransform.decode_min_size`)."""
     for offset in range(len(paths)):
         path = paths[(start + offset) % len(paths)]
         if path in _unreadable_files:
             continue
         try:
-            return load_rgb(path), path
+            return load_rgb(path, min_size), path
         except DatasetError as error:
             _unreadable_files.add(path)
             reason = error.__cause__ if error.__cause__ is not None else error

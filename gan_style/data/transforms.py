@@ -70,6 +70,17 @@ class ImageTransform:
             grayscale=grayscale,
         )
 
+    @property
+    def decode_min_size(self) -> tuple[int, int] | None:
+        """The (width, height) this transform resizes to, at least: the ``min_size`` for
+        :func:`~gan_style.data.images.load_rgb`, so huge files need not be decoded whole.
+        ``None`` for the modes that crop or keep the stored resolution."""
+        if self.preprocess == "resize_and_crop":
+            return self.load_size, self.load_size
+        if self.preprocess in ("scale_width", "scale_width_and_crop"):
+            return self.load_size, self.crop_size
+        return None
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(preprocess={self.preprocess!r}, load_size={self.load_size}, "

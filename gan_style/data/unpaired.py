@@ -92,8 +92,8 @@ class UnpairedImageDataset(Dataset):
             index_b = int(torch.randint(0, self.len_B, (1,), generator=rng).item())
         # A, then B, from the same generator: loading (and skipping bad files) draws nothing,
         # so the sequence of draws depends only on (seed, epoch, index).
-        image_a, path_a = load_first_readable(self.paths_A, index % self.len_A, self.dir_A)
-        image_b, path_b = load_first_readable(self.paths_B, index_b, self.dir_B)
+        image_a, path_a = load_first_readable(self.paths_A, index % self.len_A, self.dir_A, self.transform_A.decode_min_size)
+        image_b, path_b = load_first_readable(self.paths_B, index_b, self.dir_B, self.transform_B.decode_min_size)
         return {
             "A": self.transform_A(image_a, rng, name=str(path_a)),
             "B": self.transform_B(image_b, rng, name=str(path_b)),
