@@ -18,7 +18,7 @@ def _build_config(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """The method class and its config from: recipe YAML < --data < --set."""
     from gan_style.config import load_yaml, parse_set_arguments
     from gan_style.methods import get_method
-    from gan_style.methods.base import config_from_overrides
+    from gan_style.engine.contract import config_from_overrides
 
     recipe: dict[str, Any] = load_yaml(args.recipe) if args.recipe else {}
     method_name = args.method or recipe.get("method") or DEFAULT_METHOD
@@ -85,16 +85,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_inputs(items: list[str] | None) -> dict[str, Any]:
+    """``--with style=starry.jpg --with alpha=0.8`` -> {"style": path, "alpha": 0.8}."""
+    import yaml
+
+    from gan_style.errors import UserError
+
+    inputs: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--with expects NAME=VALUE (e.g. --with style=painting.jpg), got {item!r}")
+        path = Path(value).expanduser()
+        inputs[name.strip()] = path if path.exists() else yaml.safe_load(value)
+    return inputs
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     """Exit status 0 when every input was written, 1 when some were skipped (each named on
     stderr), 2 on an error (``--strict`` makes the first bad input one)."""
     from tqdm.auto import tqdm
 
     from gan_style.bench import peak_rss_mb
+    from gan_style.errors import UserError
     from gan_style.translate import (
         check_options,
         check_output_folder,
-        checkpoint_path,
         collect_inputs,
         load_translator,
         plan_outputs,
@@ -105,12 +121,14 @@ def cmd_translate(args: argparse.Namespace) -> int:
     # Everything that can be checked without the model is checked first: loading takes a while.
     check_options(args.tile, args.tile_overlap, args.batch_size, args.max_pixels, args.fit)
     device = resolve_device(args.device)
-    checkpoint_path(args.checkpoint)
+    if not Path(args.checkpoint).exists():
+        raise UserError(f"--checkpoint {args.checkpoint} does not exist; give a run folder, a gan_style .pt or an official .pth file")
+    extra = _inference_inputs(args.with_inputs)
     check_output_folder(args.input, args.output)
     inputs = collect_inputs(args.input)
     input_root = Path(args.input) if Path(args.input).is_dir() else None
     plan_outputs(inputs, args.output, input_root)  # refuses outputs that would overwrite an input
-    translator = load_translator(args.checkpoint, args.direction, device)
+    translator = load_translator(args.checkpoint, args.direction, device, extra)
     print(f"using {translator.description}")
     written = translate_images(
         translator,
@@ -172,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--tile-overlap", type=int, default=64, metavar="PX", help="overlap between tiles, blended linearly (default 64)")
     translate.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images only; default 1)")
     translate.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="which generator of a two-way method")
+    translate.add_argument("--with", dest="with_inputs", action="append", metavar="NAME=VALUE",
+                           help="an input the method takes besides the image, e.g. --with style=painting.jpg --with alpha=0.8 (AdaIN)")
     translate.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     translate.add_argument("--max-pixels", type=int, default=None, metavar="N",
                            help="decode images of up to N pixels (0: no limit; default: PIL's decompression-bomb guard, about 179 million, lifted by --tile)")

@@ -28,15 +28,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from gan_style.data.images import (
     ImageTooLargeError,
@@ -47,7 +48,7 @@ from gan_style.data.images import (
     pixel_limit,
     tensor_to_pil,
 )
-from gan_style.errors import CheckpointError, UserError
+from gan_style.errors import UserError
 
 FIT_MODES = ("pad", "resize")
 
@@ -58,53 +59,32 @@ SUGGESTED_TILE = 512
 
 
 @dataclass
-class Translator:
-    """An image -> image network and what it needs of its input.
+class ImageTranslator:
+    """An image -> image function (a method's translator with its inputs bound) and what it needs
+    of its input.
 
     ``min_side``: the smallest (padded) side the network runs on; ``None`` until
     :func:`translate_images` first meets an image small enough to need it, and probes.
     """
 
-    network: nn.Module
+    network: Callable[[Tensor], Tensor]
     size_multiple: int
     description: str
     min_side: int | None = None
 
 
-def checkpoint_path(checkpoint: str | Path) -> Path:
-    """The file ``--checkpoint`` names: itself, or a run folder's ``checkpoints/latest.pt``."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "checkpoints" / "latest.pt"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (give --checkpoint a .pt/.pth file or a run folder)")
-    return path
+def load_translator(
+    checkpoint: str | Path, direction: str = "AtoB", device: str | torch.device = "cpu", inputs: Mapping[str, Any] | None = None
+) -> ImageTranslator:
+    """A run folder, a gan_style checkpoint or an official reference file (``gan_style.load``),
+    as the image function of ``direction`` with the method's extra ``inputs`` bound (image inputs
+    may be file paths)."""
+    from gan_style.api import load
 
-
-def load_translator(checkpoint: str | Path, direction: str = "AtoB", device: str | torch.device = "cpu") -> Translator:
-    """A gan_style checkpoint (a ``.pt`` file or a run folder) or an official reference file."""
-    from gan_style.engine.checkpoint import FORMAT, read_weights
-
-    path = checkpoint_path(checkpoint)
-    state = read_weights(path)
-    if isinstance(state, dict) and state.get("format") == FORMAT:
-        from gan_style.config import apply_overrides
-        from gan_style.methods import get_method
-
-        method_cls = get_method(state["method"])
-        method = method_cls(apply_overrides(method_cls.Config(), state["config"]))
-        networks = method.build_networks()
-        for name, net in networks.items():
-            net.load_state_dict(state["networks"][name])
-        network = method.inference_network(networks, direction)
-        description = f"{state['method']} checkpoint {path} (step {state['progress']['step']}, {direction})"
-    else:
-        from gan_style.hub import import_reference_state_dict
-
-        network, spec = import_reference_state_dict(state, str(path))
-        description = f"reference checkpoint {path}: {spec}"
-    network = network.eval().to(device)
-    return Translator(network, getattr(network, "size_multiple", 4), description)
+    model = load(checkpoint, device=device)
+    bound = {name: load_rgb(value) if isinstance(value, (str, Path)) else value for name, value in (inputs or {}).items()}
+    function, translator = model.bind(direction, **bound)
+    return ImageTranslator(function, translator.size_multiple, f"{model.description}, {direction}")
 
 
 def reference_size(width: int, height: int, multiple: int = 4) -> tuple[int, int]:
@@ -344,7 +324,7 @@ def _one_line(text: str) -> str:
 
 
 def translate_images(
-    translator: Translator,
+    translator: ImageTranslator,
     inputs: Iterable[Path],
     output_dir: str | Path,
     fit: str = "pad",

@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from conftest import DATA, REPO, require_shared
@@ -20,7 +21,7 @@ from gan_style.config import load_yaml
 from gan_style.data.content_style import ContentStyleDataset
 from gan_style.losses.perceptual import channel_mean_std
 from gan_style.methods import get_method
-from gan_style.methods.base import StepContext, config_from_overrides
+from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.methods.nst.adain import (
     AdaINStylizer,
     AdaINTraining,
@@ -295,7 +296,7 @@ def test_decoder_training_with_the_trainer(weights, tmp_path):
         warnings.simplefilter("ignore")  # tensorboard's own deprecation warnings
         trainer.fit(on_step=lambda step, logs: losses.append({k: float(v) for k, v in logs.items()}))
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(list(l.values()))).all() for l in losses)
-    assert {"loss/content", "loss/style"} <= set(losses[0])
+    assert {"loss/decoder/content", "loss/decoder/style"} <= set(losses[0])
     for key, value in trainer.unwrapped("encoder").state_dict().items():
         assert torch.equal(value, encoder_before[key]), f"the encoder changed: {key}"
     assert any(not torch.equal(v, decoder_before[k]) for k, v in trainer.unwrapped("decoder").state_dict().items())
@@ -323,6 +324,9 @@ def test_train_recipe_then_stylize_from_the_run(weights, tmp_path, capsys):
     args = ["stylize", "--method", "adain", "--decoder", str(run), "--content", str(NST / "content" / "chicago.jpg"), "--style", str(NST / "style" / "sketch.png"), "--size", "48", "--output", str(output)]
     assert cli_main(args) == 0, capsys.readouterr().err
     assert output.is_file()
-    # AdaIN has no image -> image network for `gan-style translate`: a clear error instead.
-    assert cli_main(["translate", "--checkpoint", str(run), "--input", str(NST / "content" / "chicago.jpg"), "--output", str(tmp_path / "t")]) == 2
-    assert "stylize --method adain" in capsys.readouterr().err
+    # `gan-style translate` runs AdaIN's translator too; it needs the style image it declares.
+    translate = ["translate", "--checkpoint", str(run), "--input", str(NST / "content" / "chicago.jpg"), "--output", str(tmp_path / "t")]
+    assert cli_main(translate) == 2
+    assert "--with style=" in capsys.readouterr().err
+    assert cli_main([*translate, "--with", f"style={NST / 'style' / 'sketch.png'}", "--with", "alpha=0.5"]) == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "t" / "chicago.png").size == Image.open(NST / "content" / "chicago.jpg").size

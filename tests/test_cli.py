@@ -12,7 +12,7 @@ import yaml
 from gan_style.cli import main as cli_main
 from gan_style.config import ConfigError, apply_overrides, parse_set_arguments
 from gan_style.engine.checkpoint import load_checkpoint
-from gan_style.methods.base import config_from_overrides
+from gan_style.engine.contract import config_from_overrides
 from gan_style.methods.cyclegan import CycleGAN
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from gan_style.data import ImageTransform, find_images, load_rgb
 from gan_style.data.images import pixel_limit
 from gan_style.errors import UserError
 from gan_style.nn.generators import GeneratorSpec, build_generator
-from gan_style.translate import Translator, translate_images
+from gan_style.translate import ImageTranslator, translate_images
 
 
 def write_image(path, width, height, seed=0, **save_options):
@@ -202,7 +202,7 @@ class OutOfMemoryNetwork(torch.nn.Module):
 
 def test_out_of_memory_names_the_image_and_suggests_tiles(tmp_path):
     image = write_image(tmp_path / "big.png", 64, 48)
-    translator = Translator(OutOfMemoryNetwork(), 4, "test")
+    translator = ImageTranslator(OutOfMemoryNetwork(), 4, "test")
     with pytest.raises(UserError, match=r"big\.png \(64x48 pixels\).*--tile 512"):
         translate_images(translator, [image], tmp_path / "out", progress=False, strict=True)
     # Without strict the image is skipped (and reported), not raised.
@@ -216,7 +216,7 @@ def test_out_of_memory_in_a_folder_run_skips_the_image(tmp_path, checkpoint, mon
     images.mkdir()
     write_image(images / "a.png", 64, 48)
     write_image(images / "b.png", 32, 32, seed=1)
-    monkeypatch.setattr(translate_module, "load_translator", lambda *args: Translator(OutOfMemoryNetwork(), 4, "oom"))
+    monkeypatch.setattr(translate_module, "load_translator", lambda *args: ImageTranslator(OutOfMemoryNetwork(), 4, "oom"))
     assert translate(checkpoint, images, tmp_path / "out", "--batch-size", "2") == 1
     captured = capsys.readouterr()
     skips = [line for line in captured.err.splitlines() if line.startswith("warning: skipped")]

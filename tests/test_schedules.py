@@ -235,7 +235,7 @@ def test_overrides_read_schedule_fields():
 
 
 def test_adain_paper_preset_is_the_reference_decay():
-    from gan_style.methods.base import config_from_overrides
+    from gan_style.engine.contract import config_from_overrides
     from gan_style.methods.nst.adain import AdaINTraining
 
     train = config_from_overrides(AdaINTraining, "paper", {}).train

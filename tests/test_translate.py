@@ -10,7 +10,7 @@ from torch import nn
 from gan_style.cli import main as cli_main
 
 from gan_style.nn.generators import GeneratorSpec, build_generator
-from gan_style.translate import Translator, reference_size, run_padded, run_tiled, translate_images
+from gan_style.translate import ImageTranslator, reference_size, run_padded, run_tiled, translate_images
 
 
 def write_image(path, width, height, seed=0):
@@ -32,7 +32,7 @@ def test_reference_size_rounds_half_to_even():
 
 def test_pad_keeps_the_exact_input_size(tmp_path):
     net = small_generator()
-    translator = Translator(net, 4, "test")
+    translator = ImageTranslator(net, 4, "test")
     inputs = [write_image(tmp_path / "odd.png", 203, 151), write_image(tmp_path / "tall.jpg", 37, 90, seed=1)]
     written = translate_images(translator, inputs, tmp_path / "out", fit="pad", progress=False)
     assert [Image.open(p).size for p in written] == [(203, 151), (37, 90)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import logging
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from .images import DatasetError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
 
@@ -82,7 +85,7 @@ def download_dataset(
     dest = Path(dest_dir).expanduser()
     target = dest / name
     if target.is_dir() and any(target.iterdir()):
-        print(f"{name} is already in {target}; delete that folder to download it again.")
+        log.info("%s is already in %s; delete that folder to download it again.", name, target)
         return target
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def download_dataset(
     else:
         partial = dest / f"{name}.zip.part"
         url = dataset_url(name, base_url)
-        print(f"Downloading {url} to {partial}")
+        log.info("downloading %s to %s", url, partial)
         _download_resumable(url, partial, progress=progress, label=name)
         _check_sha256(partial, expected_sha256, delete_on_mismatch=True)
         os.replace(partial, archive)
@@ -102,7 +105,7 @@ def download_dataset(
     _extract_zip(archive, target)
     archive.unlink()
     subfolders = sorted(p.name for p in target.iterdir() if p.is_dir())
-    print(f"Dataset {name} is ready in {target} (sub-folders: {', '.join(subfolders) or 'none'}).")
+    log.info("dataset %s is ready in %s (sub-folders: %s)", name, target, ", ".join(subfolders) or "none")
     return target
 
 
@@ -305,8 +308,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.name is None:
         parser.error(f"name a dataset: {', '.join(CYCLEGAN_DATASETS)}")
     try:
-        download_dataset(args.name, args.dest, base_url=args.base_url, progress=not args.quiet, sha256=args.sha256)
+        target = download_dataset(args.name, args.dest, base_url=args.base_url, progress=not args.quiet, sha256=args.sha256)
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
+    print(f"dataset {args.name} is in {target}")
     return 0

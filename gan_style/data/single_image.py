@@ -41,15 +41,17 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .config import DIRECTIONS
+from .demo import ensure_demo_dataset
 from .images import DatasetError, find_images, load_rgb, pil_to_tensor
 from gan_style.data.seeds import epoch_and_index, stream_seed
+from gan_style.data.sharding import batch_group
 
 
 @dataclass
 class SingleImageDataConfig:
     """Where the two images live and how crops are sampled (SinCUT's defaults)."""
 
-    root: str = "datasets/single_image_monet_etretat"  # holds <phase>A/ and <phase>B/, one image each
+    root: str = "datasets/single_image_monet_etretat"  # holds <phase>A/ and <phase>B/, one image each ("demo": built in)
     phase: str = "train"
     crop_size: int = 64
     load_size: int = 1024  # sizes SinCUT's StyleGAN2 width tables only (see the module docstring)
@@ -71,15 +73,6 @@ class SingleImageDataConfig:
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
-
-
-def batch_group(index: int, batch_size: int, world_size: int = 1) -> tuple[int, int]:
-    """(group, slot): the group of one process's batch that item ``index`` falls in, and its place
-    in that batch, for the trainer's sharding (process r gets items r, r + W, ... of each global
-    batch of ``batch_size * world_size`` items)."""
-    block, offset = divmod(index, batch_size * world_size)
-    rank, slot = offset % world_size, offset // world_size
-    return block * world_size + rank, slot
 
 
 def zoomed_size(width: int, height: int, zoom: tuple[float, float], crop_size: int) -> tuple[int, int]:
@@ -115,14 +108,15 @@ class SingleImageDataset(Dataset):
         self.batch_size = batch_size
         self.world_size = world_size
         self.epoch = 0
-        root = Path(config.root).expanduser()
+        demo = config.root == "demo"  # the first photo and painting of the built-in demo set
+        root = ensure_demo_dataset() if demo else Path(config.root).expanduser()
         folders = [root / f"{config.phase}A", root / f"{config.phase}B"]
         if config.direction == "BtoA":
             folders.reverse()
         self.paths: dict[str, Path] = {}
         self.images: dict[str, Image.Image] = {}
         for domain, folder in zip("AB", folders):
-            found = find_images(folder)
+            found = find_images(folder)[:1] if demo else find_images(folder)
             if len(found) != 1:
                 raise DatasetError(
                     f"single-image training needs exactly one image in {folder}, found {len(found)}; "

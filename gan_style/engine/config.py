@@ -55,6 +55,10 @@ class TrainConfig:
     image_every: int = 400
     save_every: int = 5000
     keep_checkpoints: int = 2
+    # Exponential moving average of the generators' weights (gan_style.engine.ema), used at
+    # inference when present; 0: off, as in the CycleGAN/CUT references.
+    ema_decay: float = 0.0
+    ema_start_step: int = 0  # before it the average follows the weights
 
     def __post_init__(self) -> None:
         for name, options in (("lr_policy", LR_POLICIES), ("lr_unit", LR_UNITS), ("mixed_precision", MIXED_PRECISION)):
@@ -70,6 +74,8 @@ class TrainConfig:
         _check(self.lr_step_size is None or self.lr_step_size >= 1, "lr_step_size", self.lr_step_size, "None or >= 1")
         _check(_finite(self.lr_gamma) and self.lr_gamma > 0, "lr_gamma", self.lr_gamma, "a finite number > 0")
         _check(_finite(self.lr_inverse_k) and self.lr_inverse_k >= 0, "lr_inverse_k", self.lr_inverse_k, "a finite number >= 0")
+        _check(_finite(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "0 (off) or a number in (0, 1), e.g. 0.999")
+        _check(self.ema_start_step >= 0, "ema_start_step", self.ema_start_step, ">= 0")
         ms = self.lr_milestones
         _check(min(ms, default=1) >= 1 and all(a < b for a, b in pairwise(ms)), "lr_milestones", ms, "strictly increasing integers >= 1")
         if self.lr_policy == "multistep":

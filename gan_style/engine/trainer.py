@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -44,7 +44,10 @@ from gan_style.engine.checkpoint import (
 )
 from gan_style.errors import CheckpointError
 from gan_style.engine.schedules import build_schedule, set_lr
-from gan_style.methods.base import Method, OptimizerSpec, StepContext
+from gan_style.data.sharding import epoch_order, shard_batches
+from gan_style.engine.contract import Method, OptimizerSpec, StepContext
+from gan_style.engine.ema import WeightAverage
+from gan_style.engine.random import RandomStreams
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Progress:
     step: int = 0
     epoch: int = 1
     batch_in_epoch: int = 0
+    phase_runs: dict[str, int] = field(default_factory=dict)  # how often each phase has run
 
 
 def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
@@ -68,25 +72,6 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device, channels_last) for v in batch)
     return batch
-
-
-def epoch_order(num_items: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
-    """The item order of one epoch: a permutation drawn from (seed, epoch), or 0..n-1."""
-    if not shuffle:
-        return list(range(num_items))
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_items, generator=generator).tolist()
-
-
-def shard_batches(order: list[int], batch_size: int, rank: int, world_size: int) -> list[list[int]]:
-    """This process's batches of an epoch. Every process gets the same number of batches (the
-    order is padded by wrapping around, like DistributedSampler), and the last partial global
-    batch is kept."""
-    global_batch = batch_size * world_size
-    num_batches = max(1, math.ceil(len(order) / global_batch))
-    padded = (order * (num_batches * global_batch // max(1, len(order)) + 1))[: num_batches * global_batch]
-    mine = padded[rank::world_size]
-    return [mine[i * batch_size : (i + 1) * batch_size] for i in range(num_batches)]
 
 
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
@@ -124,8 +109,13 @@ class Trainer:
             self._raw[name] = net
         self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}
         self._check_optimizer_specs()
+        # Networks no optimiser owns (a frozen VGG) stay frozen for the whole run.
+        self._owned = {n for spec in self.optimizer_specs.values() for n in spec.networks}
+        for name, net in self._raw.items():
+            if name not in self._owned:
+                net.requires_grad_(False)
         optimizers = {name: self._build_optimizer(spec) for name, spec in self.optimizer_specs.items()}
-        trained_names = sorted({n for spec in self.optimizer_specs.values() for n in spec.networks})
+        trained_names = sorted(self._owned)
         prepared = self.accelerator.prepare(*[self._raw[n] for n in trained_names], *optimizers.values())
         self.nets: dict[str, nn.Module] = dict(self._raw)
         self.nets.update(zip(trained_names, prepared[: len(trained_names)]))
@@ -135,6 +125,13 @@ class Trainer:
         # A pure function of (step, epoch): resuming restores the schedule with the progress.
         self.schedule = build_schedule(self.config)
         self.phases = method.phases()
+        self._check_phases()
+        self.streams = RandomStreams(self.config.seed, self.accelerator.process_index)
+        self.ema: WeightAverage | None = None
+        if self.config.ema_decay > 0:
+            if not method.ema_networks:
+                raise ValueError(f"train.ema_decay is set but {method.name} names no networks to average (ema_networks)")
+            self.ema = WeightAverage({n: self._raw[n] for n in method.ema_networks}, self.config.ema_decay, self.config.ema_start_step)
         self._writer = None
         self._saved_step: int | None = None
 
@@ -144,6 +141,16 @@ class Trainer:
             unknown = [n for n in spec.networks if n not in self._raw]
             if unknown:
                 raise ValueError(f"optimizer {spec.name!r} names unknown networks {unknown}; networks: {sorted(self._raw)}")
+
+    def _check_phases(self) -> None:
+        names = [phase.name for phase in self.phases]
+        for phase in self.phases:
+            if phase.optimizer not in self.optimizer_specs:
+                raise ValueError(f"phase {phase.name!r} names unknown optimizer {phase.optimizer!r}; optimizers: {sorted(self.optimizer_specs)}")
+            if phase.of != "iteration" and phase.of not in names[: names.index(phase.name)]:
+                raise ValueError(f"phase {phase.name!r} counts the runs of {phase.of!r}, which must be an earlier phase of {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique, got {names}")
 
     def _build_optimizer(self, spec: OptimizerSpec) -> torch.optim.Optimizer:
         params = [p for name in spec.networks for p in self._raw[name].parameters()]
@@ -164,37 +171,53 @@ class Trainer:
         return dict(self._raw)
 
     # -- one iteration -------------------------------------------------------------------------
+    def context(self, nets: Mapping[str, nn.Module], carry: dict[str, Any]) -> StepContext:
+        return StepContext(
+            nets, carry, self.progress.step, self.progress.epoch,
+            self.accelerator.process_index, self.accelerator.num_processes, self.streams,
+        )
+
+    def _trainable(self, names: set[str]) -> None:
+        for name in self._owned:
+            self._raw[name].requires_grad_(name in names)
+
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Run every phase of one iteration on ``batch``; return the detached loss terms and logs."""
+        """Run the phases due in this iteration on ``batch``; return the detached loss terms and
+        logs, named by phase (``loss/<phase>/<term>``, ``<phase>/<scalar>``)."""
         batch = _to_device(batch, self.device, self.config.channels_last)
-        factor = self.schedule(self.progress.step, self.progress.epoch)
+        progress = self.progress
+        factor = self.schedule(progress.step, progress.epoch)
         for name, optimizer in self.optimizers.items():
             set_lr(optimizer, [self.optimizer_specs[name].lr], factor)
         logs: dict[str, Tensor] = {}
         with self.accelerator.autocast():
-            carry: dict[str, Any] = dict(self.method.forward(StepContext(self.nets, {}, self.progress.step, self.progress.epoch), batch) or {})
+            carry: dict[str, Any] = dict(self.method.forward(self.context(self.nets, {}), batch) or {})
+        ran: set[str] = set()
         for phase in self.phases:
-            spec = self.optimizer_specs[phase.optimizer]
-            trained = set(spec.networks)
-            for name, net in self._raw.items():
-                net.requires_grad_(name in trained)
+            if not phase.due(progress.step, progress.phase_runs, ran):
+                continue  # a phase that does not run costs nothing
+            trained = set(self.optimizer_specs[phase.optimizer].networks)
+            self._trainable(trained)
             # Networks this phase trains are the (DDP-)wrapped ones; the others are used plain,
             # frozen, so DDP expects no gradient for them.
             view = {name: (self.nets[name] if name in trained else self._raw[name]) for name in self._raw}
             optimizer = self.optimizers[phase.optimizer]
             optimizer.zero_grad(set_to_none=True)
             with self.accelerator.autocast():
-                out = phase.step(StepContext(view, carry, self.progress.step, self.progress.epoch), batch)
-            total = sum(out.losses.values())
-            self.accelerator.backward(total)
-            optimizer.step()
+                out = phase.step(self.context(view, carry), batch)
+            if out.losses:  # one backward and one optimiser step per phase that has losses
+                self.accelerator.backward(sum(out.losses.values()))
+                optimizer.step()
             carry.update(out.carry)
+            progress.phase_runs[phase.name] = progress.phase_runs.get(phase.name, 0) + 1
+            ran.add(phase.name)
             for key, value in out.losses.items():
-                logs[f"loss/{key}"] = value.detach()
+                logs[f"loss/{phase.name}/{key}"] = value.detach()
             for key, value in out.logs.items():
                 logs[f"{phase.name}/{key}"] = value.detach() if isinstance(value, Tensor) else torch.tensor(value)
-        for net in self._raw.values():
-            net.requires_grad_(True)
+        self._trainable(self._owned)  # between steps: trained networks trainable, the others frozen
+        if self.ema is not None:
+            self.ema.update(self._raw, progress.step)
         self._last_batch, self._last_carry = batch, carry
         return logs
 
@@ -217,7 +240,7 @@ class Trainer:
         ``on_step(step, logs)`` is called after every iteration with its detached loss terms.
         """
         cfg = self.config
-        dataset = self.method.build_dataset(cfg.seed)
+        dataset = self.method.build_dataset(cfg.seed, self.accelerator.num_processes)
         per_epoch = self.batches_per_epoch(dataset)
         last_epoch = cfg.last_epoch  # None: the run is counted in iterations (max_steps)
         planned = cfg.max_steps
@@ -250,7 +273,7 @@ class Trainer:
                         means = self._log_scalars(window)
                         window.clear()
                         if bar is not None:
-                            bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in means.items() if k.startswith("loss/")}, refresh=False)
+                            bar.set_postfix({k[len("loss/"):]: f"{v:.3f}" for k, v in means.items() if k.startswith("loss/")}, refresh=False)
                     if step % cfg.image_every == 0:
                         self._log_images()
                     if step % cfg.save_every == 0:
@@ -328,13 +351,14 @@ class Trainer:
             "config": to_dict(self.method.config),
             "networks": {name: net.state_dict() for name, net in self._raw.items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "progress": {"step": self.progress.step, "epoch": self.progress.epoch, "batch_in_epoch": self.progress.batch_in_epoch},
+            "progress": asdict(self.progress),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "local": self._local_state(),
         }
 
     def _local_state(self) -> dict[str, Any]:
         """State that differs between processes: RNGs and the method's own (image pools)."""
-        return {"rng": rng_state(), "method": self.method.state_dict()}
+        return {"rng": rng_state(), "streams": self.streams.state_dict(), "method": self.method.state_dict()}
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Write the full training state once: ``checkpoints/step_N.pt``, which ``latest.pt`` then
@@ -385,6 +409,11 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.progress = Progress(**state["progress"])
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:  # a run that starts averaging now
+                self.ema = WeightAverage({n: self._raw[n] for n in self.method.ema_networks}, self.config.ema_decay, self.config.ema_start_step)
         self._saved_step = self.progress.step
         local = state["local"]
         rank = self.accelerator.process_index
@@ -392,6 +421,7 @@ class Trainer:
         if rank > 0 and own.is_file():
             local = read_weights(own)
         self.method.load_state_dict(local["method"])
+        self.streams.load_state_dict(local.get("streams", {}))
         set_rng_state(local["rng"])
 
     def summary(self) -> str:

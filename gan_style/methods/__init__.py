@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from gan_style.methods.base import Method
+from gan_style.engine.contract import Method
 
 METHODS: dict[str, str] = {
     "cyclegan": "gan_style.methods.cyclegan:CycleGAN",
@@ -18,11 +18,8 @@ METHODS: dict[str, str] = {
 
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+        from gan_style.errors import UserError
+
+        raise UserError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     module_name, _, class_name = METHODS[name].partition(":")
     return getattr(importlib.import_module(module_name), class_name)
-
-
-def register_method(name: str, target: str) -> None:
-    """Make ``target`` ("package.module:Class") available as ``name`` (for extensions)."""
-    METHODS[name] = target

@@ -46,7 +46,6 @@ ones, as in the reference.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -55,15 +54,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_style.data.config import DataConfig
-from gan_style.data.seeds import stream_seed
 from gan_style.data.single_image import SingleImageDataConfig
 from gan_style.data.transforms import ImageTransform
 from gan_style.data.unpaired import UnpairedImageDataset
 from gan_style.engine.config import TrainConfig
-from gan_style.errors import UserError
 from gan_style.losses.adversarial import GAN_MODES, gan_loss, r1_penalty
 from gan_style.losses.patchnce import multilayer_patch_nce_loss
-from gan_style.methods.base import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput
+from gan_style.engine.contract import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
 from gan_style.nn.discriminators import DiscriminatorSpec, build_discriminator
 from gan_style.nn.generators import GeneratorSpec, build_generator
 from gan_style.nn.patch_sampler import PatchSampleMLP, feature_channels
@@ -213,11 +210,6 @@ def run_keeping_features(
     return out, [kept[i] for i in indices]
 
 
-def _world_size() -> int:
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return torch.distributed.get_world_size() if distributed else 1
-
-
 class CUTUnpairedDataset(UnpairedImageDataset):
     """The reference CUT's unaligned data: item i pairs A image i % |A| with a random B image;
     an epoch has |A| + |B| items; with ``fixed_crop_when_decaying``, epochs after ``n_epochs``
@@ -258,6 +250,16 @@ DEMO = {
     "netG": "resnet_6blocks",
     "train": {"n_epochs": 3, "n_epochs_decay": 2, "log_every": 20, "image_every": 100, "save_every": 500},
 }
+# Reduced widths at 32 px on the demo set: the conformance tests and CI.
+SMOKE = {
+    "data": {"root": "demo", "load_size": 36, "crop_size": 32, "max_dataset_size": 2},
+    "ngf": 4,
+    "ndf": 4,
+    "netG": "resnet_6blocks",
+    "netF_nc": 16,
+    "num_patches": 16,
+    "train": {"n_epochs": 1, "n_epochs_decay": 2, "log_every": 2, "image_every": 1000, "save_every": 1000},
+}
 
 
 class CUT(Method):
@@ -270,22 +272,12 @@ class CUT(Method):
         "fastcut": FASTCUT,
         "demo": DEMO,  # small networks on the procedural 64 px demo set, a few CPU minutes
         "fastcut_demo": {**DEMO, **{k: v for k, v in FASTCUT.items() if k != "train"}},
+        "smoke": SMOKE,
     }
     default_preset = "paper"
+    ema_networks = ("G",)
 
     config: CUTConfig
-
-    def __init__(self, config: CUTConfig):
-        super().__init__(config)
-        # The method's own random streams, checkpointed with it: which patches PatchNCE samples,
-        # whether FastCUT flips an iteration, SinCUT's generator noise. Under DDP every process
-        # (RANK) draws its own.
-        rank = int(os.environ.get("RANK", "0"))
-        self.rngs: dict[str, torch.Generator] = {
-            # (the stream names predate the shared seeds module; kept so runs stay reproducible)
-            name: torch.Generator().manual_seed(stream_seed("single_image", "cut", name, config.train.seed, rank))
-            for name in ("patch_ids", "flip", "noise")
-        }
 
     # -- networks and optimisers ---------------------------------------------------------------
     def build_generator(self) -> nn.Module:
@@ -302,7 +294,7 @@ class CUT(Method):
         """The Sequential that ``nce_layers`` index (and ``G.encode`` runs)."""
         return G.model
 
-    def generate(self, G: nn.Module, x: Tensor) -> Tensor:
+    def generate(self, G: nn.Module, x: Tensor, noise: torch.Generator | None = None) -> Tensor:
         return G(x)
 
     def build_networks(self) -> dict[str, nn.Module]:
@@ -325,7 +317,7 @@ class CUT(Method):
         return [OptimizerSpec("D", ("D",), c.lr, betas), OptimizerSpec("G", trained_with_G, c.lr, betas)]
 
     def phases(self) -> list[Phase]:
-        return [Phase("discriminator", "D", self.discriminator_step), Phase("generator", "G", self.generator_step)]
+        return [Phase("D", "D", self.discriminator_step), Phase("G", "G", self.generator_step)]
 
     # -- one iteration -------------------------------------------------------------------------
     @property
@@ -338,12 +330,14 @@ class CUT(Method):
         c = self.config
         real_A, real_B = batch["A"], batch["B"]
         real = torch.cat([real_A, real_B]) if self.translates_target_images else real_A
-        flipped = c.flip_equivariance and bool(torch.rand((), generator=self.rngs["flip"]) < 0.5)
+        # The engine's random streams (per process, checkpointed): FastCUT's flips, PatchNCE's
+        # patch positions, SinCUT's generator noise.
+        flipped = c.flip_equivariance and bool(torch.rand((), generator=ctx.rng("flip")) < 0.5)
         G = ctx.nets["G"]
         G_plain = unwrap(G)
         keep = list(c.nce_layers) if c.lambda_NCE > 0 and not flipped else []
         fake, source_features = run_keeping_features(
-            lambda x: self.generate(G, x), self.encoder_layers(G_plain), keep, real.flip(3) if flipped else real
+            lambda x: self.generate(G, x, ctx.rng("noise")), self.encoder_layers(G_plain), keep, real.flip(3) if flipped else real
         )
         if c.lambda_NCE > 0 and flipped:
             # The forward saw flip(x); the keys are the features of x itself.
@@ -382,13 +376,13 @@ class CUT(Method):
             losses["D_R1"] = 0.5 * c.lambda_R1 * r1_penalty(pred_real, real_B)
         return StepOutput(losses, logs={"D_real": loss_real.detach(), "D_fake": loss_fake.detach()})
 
-    def patch_nce_loss(self, heads: nn.Module, query_features: Sequence[Tensor], key_features: Sequence[Tensor]) -> Tensor:
+    def patch_nce_loss(self, heads: nn.Module, query_features: Sequence[Tensor], key_features: Sequence[Tensor], patch_rng: torch.Generator) -> Tensor:
         """lambda_NCE * L_PatchNCE (eq. 3 as the reference averages it): sample ``num_patches``
         positions per layer, project keys and queries at the same positions with H_l, then the mean
         over layers of the mean per-patch loss of eq. 2. The keys carry no gradient."""
         c = self.config
         with torch.no_grad():
-            keys, patch_ids = heads(key_features, c.num_patches, generator=self.rngs["patch_ids"])
+            keys, patch_ids = heads(key_features, c.num_patches, generator=patch_rng)
         queries, _ = heads(query_features, c.num_patches, patch_ids=patch_ids)
         nce = multilayer_patch_nce_loss(queries, keys, c.nce_T, c.nce_includes_all_negatives_from_minibatch)
         return c.lambda_NCE * nce
@@ -414,10 +408,10 @@ class CUT(Method):
                 keys_X, keys_Y = zip(*(k.split(n) for k in keys))
             else:
                 queries_X, keys_X = queries, keys
-            nce_X = self.patch_nce_loss(ctx.nets["F"], queries_X, keys_X)
+            nce_X = self.patch_nce_loss(ctx.nets["F"], queries_X, keys_X, ctx.rng("patch_ids"))
             logs["NCE_X"] = nce_X.detach()
             if c.nce_idt:
-                nce_Y = self.patch_nce_loss(ctx.nets["F"], queries_Y, keys_Y)
+                nce_Y = self.patch_nce_loss(ctx.nets["F"], queries_Y, keys_Y, ctx.rng("patch_ids"))
                 logs["NCE_Y"] = nce_Y.detach()
                 losses["NCE"] = 0.5 * (nce_X + nce_Y)
             else:
@@ -429,7 +423,7 @@ class CUT(Method):
         return StepOutput(losses, carry={**shown, "fake": None, "source_features": None}, logs=logs)
 
     # -- data, visuals, inference --------------------------------------------------------------
-    def build_dataset(self, seed: int) -> torch.utils.data.Dataset:
+    def build_dataset(self, seed: int, world_size: int = 1) -> torch.utils.data.Dataset:
         c = self.config
         return CUTUnpairedDataset(c.data, seed, c.train.n_epochs, c.fixed_crop_when_decaying)
 
@@ -445,17 +439,9 @@ class CUT(Method):
             shown["idt_B"] = carry["idt_B"]
         return shown
 
-    def inference_network(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> nn.Module:
-        if direction != "AtoB":
-            raise UserError(f"--direction {direction}: {self.name} translates one way (A to B); for B to A train another model with --set data.direction=BtoA")
-        return nets["G"]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rngs": {name: rng.get_state() for name, rng in self.rngs.items()}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for name, rng_state in state["rngs"].items():
-            self.rngs[name].set_state(rng_state)
+    def translator(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> Translator:
+        self.check_direction(direction)
+        return Translator.of_network(nets["G"], self.name)
 
 
 class FastCUT(CUT):
@@ -463,7 +449,7 @@ class FastCUT(CUT):
     150 + 50 epochs. The same class; only the default preset differs."""
 
     name = "fastcut"
-    presets = {"paper": FASTCUT, "demo": CUT.presets["fastcut_demo"]}
+    presets = {"paper": FASTCUT, "demo": CUT.presets["fastcut_demo"], "smoke": {**SMOKE, **{k: v for k, v in FASTCUT.items() if k != "train"}}}
     default_preset = "paper"
 
 
@@ -477,6 +463,13 @@ class SinCUT(CUT):
         "paper": {},
         # reduced widths for CPU runs (a few hundred steps in minutes)
         "small": {"ngf": 4, "ndf": 4, "train": {"batch_size": 8, "log_every": 20, "image_every": 200}},
+        # the demo set's first photo and painting, 32 px crops, tiny widths: conformance tests and CI
+        "smoke": {
+            "ngf": 2,
+            "ndf": 2,
+            "data": {"root": "demo", "crop_size": 32, "load_size": 64, "length": 8},
+            "train": {"batch_size": 2, "n_epochs": 1, "n_epochs_decay": 2, "log_every": 2, "image_every": 1000, "save_every": 1000},
+        },
     }
     default_preset = "paper"
 
@@ -497,13 +490,13 @@ class SinCUT(CUT):
     def encoder_layers(self, G: nn.Module) -> nn.Sequential:
         return G.encoder.convs
 
-    def generate(self, G: nn.Module, x: Tensor) -> Tensor:
-        return G(x, generator=self.rngs["noise"])
+    def generate(self, G: nn.Module, x: Tensor, noise: torch.Generator | None = None) -> Tensor:
+        return G(x, generator=noise)
 
-    def build_dataset(self, seed: int) -> torch.utils.data.Dataset:
+    def build_dataset(self, seed: int, world_size: int = 1) -> torch.utils.data.Dataset:
         from gan_style.data.single_image import SingleImageDataset
 
-        return SingleImageDataset(self.config.data, seed, self.config.train.batch_size, _world_size())
+        return SingleImageDataset(self.config.data, seed, self.config.train.batch_size, world_size)
 
     def synthetic_batch(self, image_size: int, batch_size: int, generator: torch.Generator) -> dict[str, Any]:
         """Training always sees ``crop_size`` crops (D takes nothing else), so the step cost does not

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from gan_style.data.config import DataConfig
 from gan_style.losses.adversarial import GAN_MODES, gan_loss, gradient_penalty
-from gan_style.methods.base import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput
+from gan_style.engine.contract import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
 from gan_style.nn.discriminators import DiscriminatorSpec, build_discriminator
 from gan_style.nn.generators import GeneratorSpec, build_generator
 from gan_style.nn.image_pool import ImagePool
@@ -79,16 +79,26 @@ class CycleGAN(Method):
             "netG": "resnet_6blocks",
             "train": {"n_epochs": 3, "n_epochs_decay": 2, "log_every": 20, "image_every": 100, "save_every": 500},
         },
+        # Reduced widths at 32 px on the demo set: the conformance tests and CI.
+        "smoke": {
+            "data": {"root": "demo", "load_size": 36, "crop_size": 32, "max_dataset_size": 4},
+            "ngf": 4,
+            "ndf": 4,
+            "netG": "resnet_6blocks",
+            "pool_size": 2,
+            "train": {"n_epochs": 1, "n_epochs_decay": 2, "log_every": 2, "image_every": 1000, "save_every": 1000},
+        },
     }
     default_preset = "paper"
+    ema_networks = ("G_A", "G_B")
+    directions = ("AtoB", "BtoA")
 
     config: CycleGANConfig
 
     def __init__(self, config: CycleGANConfig):
         super().__init__(config)
-        seed = config.train.seed
-        self.fake_A_pool = ImagePool(config.pool_size, seed=seed + 1)
-        self.fake_B_pool = ImagePool(config.pool_size, seed=seed + 2)
+        self.fake_A_pool = ImagePool(config.pool_size)
+        self.fake_B_pool = ImagePool(config.pool_size)
 
     # -- networks and optimisers ---------------------------------------------------------------
     def build_networks(self) -> dict[str, nn.Module]:
@@ -117,7 +127,7 @@ class CycleGAN(Method):
         ]
 
     def phases(self) -> list[Phase]:
-        return [Phase("generators", "G", self.generator_step), Phase("discriminators", "D", self.discriminator_step)]
+        return [Phase("G", "G", self.generator_step), Phase("D", "D", self.discriminator_step)]
 
     # -- one iteration -------------------------------------------------------------------------
     def _batchable(self) -> bool:
@@ -184,15 +194,15 @@ class CycleGAN(Method):
         return loss, pred_real.detach().mean(), pred_fake.detach().mean()
 
     def discriminator_step(self, ctx: StepContext, batch: Mapping[str, Any]) -> StepOutput:
-        fake_B = self.fake_B_pool.query(ctx.carry["fake_B"])
-        fake_A = self.fake_A_pool.query(ctx.carry["fake_A"])
+        fake_B = self.fake_B_pool.query(ctx.carry["fake_B"], ctx.rng("fake_B_pool"))
+        fake_A = self.fake_A_pool.query(ctx.carry["fake_A"], ctx.rng("fake_A_pool"))
         loss_D_A, real_score_A, fake_score_A = self._discriminator_loss(ctx.nets["D_A"], batch["B"], fake_B)
         loss_D_B, real_score_B, fake_score_B = self._discriminator_loss(ctx.nets["D_B"], batch["A"], fake_A)
         logs = {"D_A_real": real_score_A, "D_A_fake": fake_score_A, "D_B_real": real_score_B, "D_B_fake": fake_score_B}
         return StepOutput({"D_A": loss_D_A, "D_B": loss_D_B}, logs=logs)
 
     # -- data, visuals, inference --------------------------------------------------------------
-    def build_dataset(self, seed: int) -> torch.utils.data.Dataset:
+    def build_dataset(self, seed: int, world_size: int = 1) -> torch.utils.data.Dataset:
         from gan_style.data.unpaired import UnpairedImageDataset
 
         return UnpairedImageDataset(self.config.data, seed=seed)
@@ -214,10 +224,9 @@ class CycleGAN(Method):
         shown.update({k: carry[k] for k in order_B if k in carry})
         return shown
 
-    def inference_network(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> nn.Module:
-        if direction not in ("AtoB", "BtoA"):
-            raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
-        return nets["G_A"] if direction == "AtoB" else nets["G_B"]
+    def translator(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> Translator:
+        self.check_direction(direction)
+        return Translator.of_network(nets["G_A"] if direction == "AtoB" else nets["G_B"], f"CycleGAN {direction}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"fake_A_pool": self.fake_A_pool.state_dict(), "fake_B_pool": self.fake_B_pool.state_dict()}

@@ -13,16 +13,15 @@ class ImagePool:
     """Until the pool is full, each image is stored and returned. After that, with probability
     1/2 a stored image is returned and replaced by the new one, else the new one is returned.
 
-    Randomness comes from the pool's own generator, so the pool is part of the checkpointed
-    training state (contents and generator) and a resumed run draws the same images.
+    Randomness comes from the generator the caller passes (a checkpointed stream of the trainer);
+    the stored images are part of the checkpointed training state, so a resumed run draws the same.
     """
 
-    def __init__(self, size: int, seed: int = 0):
+    def __init__(self, size: int):
         self.size = size
         self.images: list[Tensor] = []
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def query(self, images: Tensor) -> Tensor:
+    def query(self, images: Tensor, generator: torch.Generator) -> Tensor:
         if self.size == 0:
             return images
         images = images.detach()
@@ -33,8 +32,8 @@ class ImagePool:
                 self.images.append(image.clone())
                 chosen.append(image)
                 continue
-            if torch.rand((), generator=self.generator).item() > 0.5:
-                index = int(torch.randint(0, self.size, (), generator=self.generator))
+            if torch.rand((), generator=generator).item() > 0.5:
+                index = int(torch.randint(0, self.size, (), generator=generator))
                 chosen.append(self.images[index].to(image.device, copy=True))
                 self.images[index] = image.clone()
             else:
@@ -43,9 +42,8 @@ class ImagePool:
 
     def state_dict(self) -> dict[str, Any]:
         stored = torch.cat(self.images, 0).cpu() if self.images else torch.empty(0)
-        return {"images": stored, "generator": self.generator.get_state()}
+        return {"images": stored}
 
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
         stored = state["images"]
         self.images = [img.unsqueeze(0).to(device) for img in stored] if stored.numel() else []
-        self.generator.set_state(state["generator"])

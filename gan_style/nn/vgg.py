@@ -127,11 +127,10 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     classifier) are never read; older files (torchvision's VGG-19 file predates the zip format)
     are read whole. A ``{"state_dict": ...}`` wrapper is unwrapped.
     """
+    from gan_style.engine.checkpoint import read_weights
+
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (pre-zip) format: mmap is not possible
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_weights(path, mmap=True)  # legacy (pre-zip) files are read whole
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):

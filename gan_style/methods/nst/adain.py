@@ -39,7 +39,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from gan_style.data.content_style import ContentStyleDataset
 from gan_style.losses.perceptual import channel_mean_std, mean_std_style_loss
-from gan_style.methods.base import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput
+from gan_style.engine.contract import InputSpec, Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
 from gan_style.methods.nst.gatys import normalised_blend
 from gan_style.nn.vgg import (
     ADAIN_RELEASE_URL,
@@ -172,17 +172,18 @@ class AdaINDecoder(nn.Sequential):
 
 
 def training_checkpoint(path: str | os.PathLike[str] | None) -> Path | None:
-    """``path`` as a gan_style training checkpoint file (a run folder gives its
-    ``checkpoints/latest.pt``), or None if it is not one (e.g. the reference's ``decoder.pth``)."""
+    """``path`` as a gan_style training checkpoint file (a run folder gives its newest intact
+    checkpoint), or None if it is not one (e.g. the reference's ``decoder.pth``)."""
+    from gan_style.engine.checkpoint import FORMAT, load_run_checkpoint
+
     if path is None or str(path) == "":
         return None
     candidate = Path(path).expanduser()
     if candidate.is_dir():
-        candidate = candidate / "checkpoints" / "latest.pt"
+        return load_run_checkpoint(candidate)[0]
     if not candidate.is_file():
         return None
-    state = load_state_dict_file(candidate)
-    return candidate if "networks" in state and "format" in state else None
+    return candidate if load_state_dict_file(candidate).get("format") == FORMAT else None
 
 
 def load_adain_decoder(
@@ -190,10 +191,9 @@ def load_adain_decoder(
     device: torch.device | str | None = None,
 ) -> AdaINDecoder:
     """The decoder from ``decoder.pth`` (the reference's file), a gan_style training checkpoint of
-    ``adain`` (``.pt``), or a run folder (its ``checkpoints/latest.pt``). Without ``weights`` it
+    ``adain`` (``.pt``), or a run folder (its newest intact checkpoint). Without ``weights`` it
     looks for ``models/decoder.pth`` (the reference's default place)."""
-    if weights is not None and str(weights) != "" and Path(weights).expanduser().is_dir():
-        weights = Path(weights).expanduser() / "checkpoints" / "latest.pt"
+    weights = training_checkpoint(weights) or weights
     path = find_weights(
         weights,
         [Path.cwd() / "models" / ADAIN_DECODER_FILE],
@@ -271,7 +271,8 @@ class AdaINDataConfig:
     """Where the training images are and how they are cropped (Sec. 7.1: shorter side resized to
     512, random 256 x 256 crops; content from MS-COCO, style from WikiArt)."""
 
-    #: a folder holding ``content/`` and ``style/`` (used for the two below when they are unset)
+    #: a folder holding ``content/`` and ``style/`` (used for the two below when they are unset);
+    #: "demo": the built-in demo set's photos as content and its paintings as styles
     root: str = ""
     content_dir: str = ""
     style_dir: str = ""
@@ -280,6 +281,11 @@ class AdaINDataConfig:
     num_workers: int = 0
 
     def folders(self) -> tuple[str, str]:
+        if self.root == "demo" and not (self.content_dir or self.style_dir):
+            from gan_style.data.demo import ensure_demo_dataset
+
+            demo = ensure_demo_dataset()
+            return str(demo / "trainA"), str(demo / "trainB")
         content = self.content_dir or (str(Path(self.root) / "content") if self.root else "")
         style = self.style_dir or (str(Path(self.root) / "style") if self.root else "")
         return content, style
@@ -317,6 +323,12 @@ class AdaINTraining(Method):
         "paper": {"train": {"batch_size": 8, "lr_unit": "iteration", "lr_policy": "inverse", "lr_inverse_k": 5e-5, "max_steps": 160_000, "log_every": 100, "image_every": 1000, "save_every": 10_000}},
         # A smoke run on the small shared/data/nst folders.
         "demo": {"data": {"load_size": 128, "crop_size": 64}, "train": {"batch_size": 2, "n_epochs": 1, "n_epochs_decay": 0, "max_steps": 20, "log_every": 5, "image_every": 10}},
+        # A randomly initialised encoder on the built-in demo set, 32 px: conformance tests and CI.
+        "smoke": {
+            "vgg_weights": "random",
+            "data": {"root": "demo", "load_size": 40, "crop_size": 32},
+            "train": {"batch_size": 2, "lr_unit": "iteration", "lr_policy": "inverse", "max_steps": 100, "log_every": 2, "image_every": 1000, "save_every": 1000},
+        },
     }
     default_preset = "paper"
 
@@ -360,7 +372,7 @@ class AdaINTraining(Method):
             carry={"stylized": output.detach()},
         )
 
-    def build_dataset(self, seed: int) -> torch.utils.data.Dataset:
+    def build_dataset(self, seed: int, world_size: int = 1) -> torch.utils.data.Dataset:
         content_dir, style_dir = self.config.data.folders()
         return ContentStyleDataset(content_dir, style_dir, self.config.data.load_size, self.config.data.crop_size, seed=seed)
 
@@ -374,10 +386,18 @@ class AdaINTraining(Method):
             out["stylized"] = carry["stylized"].clamp(0, 1) * 2 - 1
         return out
 
-    def inference_network(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> nn.Module:
-        from gan_style.config import ConfigError
+    def translator(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> Translator:
+        """T(c, s, alpha) of Eq. 14 on images in [-1, 1]; ``style`` is a (1, 3, h, w) image."""
+        self.check_direction(direction)
+        stylizer = AdaINStylizer(nets["encoder"], nets["decoder"]).eval()
 
-        raise ConfigError(
-            "AdaIN needs a style image besides the input; use `gan-style stylize --method adain "
-            "--decoder RUN_DIR --content C --style S --output O` instead of `gan-style translate`."
+        def bind(style: Tensor | None = None, alpha: float = 1.0) -> Callable[[Tensor], Tensor]:
+            style01 = (style + 1) / 2
+            return lambda content: stylizer((content + 1) / 2, [style01.to(content.device)], alpha=alpha) * 2 - 1
+
+        inputs = (
+            InputSpec("style", "image", "the style image", required=True),
+            InputSpec("alpha", "float", "content-style trade-off in [0, 1] (Eq. 14; default 1)"),
         )
+        # Channel statistics are global: tiles would each take the style anew.
+        return Translator(bind, size_multiple=1, inputs=inputs, description="AdaIN", local=False)

@@ -1,0 +1,154 @@
+"""The Python API: ``gan_style.load(path)`` and ``Model.translate(images)``.
+
+One resolver turns whatever a user holds into a ready model: a run folder (its newest intact
+checkpoint), a gan_style ``.pt`` checkpoint, or an official file of a reference implementation that
+the importers of ``gan_style.hub`` recognise (CycleGAN, CUT and SinCUT generators). Every file is
+read weights-only: loading never runs pickled code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, overload
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from gan_style.engine.contract import Translator
+from gan_style.errors import UserError
+
+__all__ = ["Model", "load"]
+
+
+@dataclass
+class Model:
+    """A trained model for inference: its networks (eval mode, on ``device``) and how it translates.
+
+    ``method`` is the gan_style method name, or ``"reference"`` for an official file.
+    ``directions`` lists what ``translate(direction=...)`` accepts; ``inputs(direction)`` what it
+    takes besides the images (AdaIN: ``style``, ``alpha``).
+    """
+
+    method: str
+    networks: dict[str, nn.Module]
+    make_translator: Callable[[Mapping[str, nn.Module], str], Translator]
+    directions: tuple[str, ...]
+    description: str
+    device: torch.device
+    step: int | None = None
+    averaged: bool = False  # whether the networks hold the EMA weights (train.ema_decay)
+
+    def translator(self, direction: str = "AtoB") -> Translator:
+        if direction not in self.directions:
+            raise UserError(f"direction {direction!r}: {self.description} translates {' or '.join(self.directions)}")
+        return self.make_translator(self.networks, direction)
+
+    def inputs(self, direction: str = "AtoB") -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.translator(direction).inputs)
+
+    @overload
+    def translate(self, images: Image.Image, direction: str = ..., **inputs: Any) -> Image.Image: ...
+    @overload
+    def translate(self, images: Sequence[Image.Image], direction: str = ..., **inputs: Any) -> list[Image.Image]: ...
+    @overload
+    def translate(self, images: Tensor, direction: str = ..., **inputs: Any) -> Tensor: ...
+
+    def translate(self, images, direction="AtoB", **inputs):
+        """Translate a PIL image, a list of them, or a float tensor (B, 3, H, W) in [-1, 1]; the
+        result is of the same kind and size. Images of any size are padded to the network's size
+        multiple and cropped back. Extra keyword inputs (see ``inputs()``) may be PIL images or
+        tensors where an image is expected."""
+        from gan_style.translate import run_padded
+
+        function, translator = self.bind(direction, **inputs)
+
+        def run(x: Tensor) -> Tensor:
+            return run_padded(function, x.to(self.device, torch.float32), translator.size_multiple).clamp(-1, 1)
+
+        with torch.inference_mode():
+            if isinstance(images, Tensor):
+                if images.ndim != 4 or images.shape[1] not in (1, 3):
+                    raise UserError(f"translate takes a (B, 3, H, W) tensor in [-1, 1], got shape {tuple(images.shape)}")
+                return run(images).to(images.device, images.dtype)
+            if isinstance(images, Image.Image):
+                return _to_pil(run(self._as_tensor(images)))
+            if isinstance(images, Sequence) and all(isinstance(image, Image.Image) for image in images):
+                return [_to_pil(run(self._as_tensor(image))) for image in images]
+        raise UserError(f"translate takes a PIL image, a list of PIL images or a (B, 3, H, W) tensor, got {type(images).__name__}")
+
+    __call__ = translate
+
+    def bind(self, direction: str = "AtoB", **inputs: Any) -> tuple[Callable[[Tensor], Tensor], Translator]:
+        """The image function of ``direction`` with ``inputs`` fixed (PIL images or tensors where
+        an image is expected), and the translator it comes from (its size multiple)."""
+        translator = self.translator(direction)
+        translator.check_inputs(inputs)
+        kinds = {spec.name: spec.kind for spec in translator.inputs}
+        bound = {name: self._as_tensor(value) if kinds[name] == "image" else value for name, value in inputs.items() if value is not None}
+        return translator.bind(**bound), translator
+
+    def _as_tensor(self, image: Image.Image | Tensor) -> Tensor:
+        from gan_style.data.images import pil_to_tensor
+        from gan_style.data.images import _to_rgb as to_rgb
+
+        if isinstance(image, Tensor):
+            return (image if image.ndim == 4 else image[None]).to(self.device, torch.float32)
+        return pil_to_tensor(to_rgb(image))[None].to(self.device)
+
+
+def _to_pil(batch: Tensor) -> Image.Image:
+    from gan_style.data.images import tensor_to_pil
+
+    return tensor_to_pil(batch[0])
+
+
+def load(path: str | Path, device: str | torch.device | None = None, use_ema: bool = True) -> Model:
+    """Load a model for inference.
+
+    ``path`` is a run folder (``runs/NAME``: its newest intact checkpoint), a gan_style checkpoint
+    (``.pt``), or an official reference file (``latest_net_G.pth`` of CycleGAN or CUT).
+    ``device``: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available). ``use_ema``: use the
+    weight averages of a run trained with ``train.ema_decay`` (default), else the last weights.
+
+    >>> model = gan_style.load("runs/cyclegan_vangogh2photo-20261201")   # doctest: +SKIP
+    >>> painting = model.translate(Image.open("photo.jpg"))              # doctest: +SKIP
+    >>> photos = model.translate(batch, direction="BtoA")  # (B, 3, H, W) in [-1, 1]  # doctest: +SKIP
+    """
+    from gan_style.engine.checkpoint import FORMAT, load_run_checkpoint, read_weights
+
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path, state = load_run_checkpoint(path)
+    else:
+        state = read_weights(path)
+    if isinstance(state, Mapping) and state.get("format") == FORMAT:
+        return _from_training_checkpoint(path, state, device, use_ema)
+    from gan_style.hub import import_reference_state_dict
+
+    network, spec = import_reference_state_dict(state, str(path))
+    network = network.eval().to(device)
+    description = f"reference checkpoint {path}: {spec}"
+    return Model("reference", {"G": network}, lambda nets, _: Translator.of_network(nets["G"], description), ("AtoB",), description, device)
+
+
+def _from_training_checkpoint(path: Path, state: Mapping[str, Any], device: torch.device, use_ema: bool) -> Model:
+    from gan_style.config import apply_overrides
+    from gan_style.errors import CheckpointError
+    from gan_style.methods import get_method
+
+    method_cls = get_method(state["method"])
+    method = method_cls(apply_overrides(method_cls.Config(), state["config"]))
+    networks = method.build_networks()
+    averages = state.get("ema", {}) if use_ema else {}
+    for name, net in networks.items():
+        weights = averages.get(name, state["networks"].get(name))
+        if weights is None:
+            raise CheckpointError(f"{path} has no weights for network {name!r}; it was saved by another configuration")
+        net.load_state_dict(weights)
+        net.requires_grad_(False).eval().to(device)
+    step = state["progress"]["step"]
+    description = f"{state['method']} checkpoint {path} (step {step}{', EMA weights' if averages else ''})"
+    return Model(state["method"], networks, method.translator, method_cls.directions, description, device, step, bool(averages))
