@@ -8,9 +8,10 @@ read weights-only: loading never runs pickled code.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, overload
+from typing import Any, overload
 
 import torch
 from PIL import Image
@@ -90,8 +91,8 @@ class Model:
         return translator.bind(**bound), translator
 
     def _as_tensor(self, image: Image.Image | Tensor) -> Tensor:
-        from gan_style.data.images import pil_to_tensor
         from gan_style.data.images import _to_rgb as to_rgb
+        from gan_style.data.images import pil_to_tensor
 
         if isinstance(image, Tensor):
             return (image if image.ndim == 4 else image[None]).to(self.device, torch.float32)

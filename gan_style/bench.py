@@ -81,9 +81,9 @@ def peak_matmul_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = 
 
 
 def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int = 1, preset: str | None = None, overrides: Mapping[str, Any] | None = None, count_flops: bool = True) -> dict[str, Any]:
+    from gan_style.engine.contract import config_from_overrides
     from gan_style.engine.trainer import Trainer
     from gan_style.methods import get_method
-    from gan_style.engine.contract import config_from_overrides
 
     method_cls = get_method(method_name)
     settings: dict[str, Any] = {"train.batch_size": batch_size}

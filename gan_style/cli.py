@@ -17,8 +17,8 @@ RECIPE_KEYS = ("method", "preset")
 def _build_config(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """The method class and its config from: recipe YAML < --data < --set."""
     from gan_style.config import load_yaml, parse_set_arguments
-    from gan_style.methods import get_method
     from gan_style.engine.contract import config_from_overrides
+    from gan_style.methods import get_method
 
     recipe: dict[str, Any] = load_yaml(args.recipe) if args.recipe else {}
     method_name = args.method or recipe.get("method") or DEFAULT_METHOD
@@ -266,7 +266,7 @@ class _StderrLines(logging.Handler):
             text = self.format(record)
             prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
             sys.stderr.write(f"{prefix}{text}\n")
-        except Exception:  # noqa: BLE001 - logging must never break the command
+        except Exception:
             self.handleError(record)
 
 

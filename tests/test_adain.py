@@ -19,9 +19,9 @@ from torch import nn
 from conftest import DATA, REPO, require_shared
 from gan_style.config import load_yaml
 from gan_style.data.content_style import ContentStyleDataset
+from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.losses.perceptual import channel_mean_std
 from gan_style.methods import get_method
-from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.methods.nst.adain import (
     AdaINStylizer,
     AdaINTraining,
@@ -295,7 +295,7 @@ def test_decoder_training_with_the_trainer(weights, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tensorboard's own deprecation warnings
         trainer.fit(on_step=lambda step, logs: losses.append({k: float(v) for k, v in logs.items()}))
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(list(l.values()))).all() for l in losses)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses)
     assert {"loss/decoder/content", "loss/decoder/style"} <= set(losses[0])
     for key, value in trainer.unwrapped("encoder").state_dict().items():
         assert torch.equal(value, encoder_before[key]), f"the encoder changed: {key}"

@@ -55,9 +55,9 @@ def test_gflop_per_iter_grows_with_the_pixel_count():
 
 
 def test_a_counted_step_trains_like_an_uncounted_one():
+    from gan_style.engine.contract import config_from_overrides
     from gan_style.engine.trainer import Trainer
     from gan_style.methods import get_method
-    from gan_style.engine.contract import config_from_overrides
 
     method_cls = get_method("fastcut")  # forward hooks on the encoder layers, several phases
     weights = []

@@ -16,13 +16,11 @@ from PIL import Image
 
 from conftest import GOLDEN, require_shared
 from gan_style.cli import main as cli_main
-from gan_style.config import apply_overrides
 from gan_style.data.sharding import batch_group, shard_batches
 from gan_style.data.single_image import SingleImageDataConfig, SingleImageDataset
-from gan_style.engine.checkpoint import load_checkpoint
+from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.losses.patchnce import multilayer_patch_nce_loss
 from gan_style.methods import get_method
-from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.methods.cut import CUT, CUTUnpairedDataset, FastCUT, SinCUT
 from gan_style.nn.layers import count_parameters
 

@@ -6,14 +6,12 @@ crops of 64 px. Each runs for a minute or two on 2 cores."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from conftest import DATA, require_shared
-from gan_style.engine.trainer import Trainer
 from gan_style.engine.contract import config_from_overrides
+from gan_style.engine.trainer import Trainer
 from gan_style.methods.cut import CUT, SinCUT
 
 WINDOW = 20

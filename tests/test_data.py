@@ -14,11 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import SHARED
 from gan_style.data import (
     DataConfig,
     DatasetError,
     ImageTransform,
     UnpairedImageDataset,
+    demo,
     ensure_demo_dataset,
     find_images,
     item_seed,
@@ -26,9 +28,7 @@ from gan_style.data import (
     pil_to_tensor,
     tensor_to_pil,
 )
-from gan_style.data import demo
 
-from conftest import SHARED
 VANGOGH = SHARED / "data" / "vangogh2photo"
 
 

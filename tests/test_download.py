@@ -38,7 +38,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
 
     state: ServerState  # set on the per-test subclass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+    def do_GET(self) -> None:
         range_header = self.headers.get("Range")
         self.state.requests.append((self.path, range_header))
         body = self.state.files.get(self.path)

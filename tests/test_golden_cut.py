@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import SHARED
 from gan_style.hub import cut_family, import_reference_checkpoint, import_reference_state_dict, pix2pix_family
 from gan_style.hub.errors import LayoutMismatch
 from gan_style.losses.patchnce import multilayer_patch_nce_loss, patch_nce_loss
@@ -27,7 +28,6 @@ from gan_style.nn.sincut_networks import (
 )
 from gan_style.nn.stylegan2 import FusedLeakyReLU, ModulatedConv2d, NoiseInjection, upfirdn2d
 
-from conftest import SHARED
 GOLDEN = SHARED / "golden" / "cut"
 CUT_DIR, SINCUT_DIR = GOLDEN / "CUT_ngf16_ndf16", GOLDEN / "SinCUT_ngf2_ndf1"
 CUT_NCE_LAYERS = [0, 4, 8, 12, 16]

@@ -102,7 +102,7 @@ def test_samples_are_unit_rows_at_the_drawn_positions():
     features = feature_maps()
     netF = PatchSampleMLP([3, 16], out_channels=32)
     samples, ids = netF(features, num_patches=7, generator=torch.Generator().manual_seed(0))
-    for feature, sample, id_ in zip(features, samples, ids):
+    for sample, id_ in zip(samples, ids):
         assert sample.shape == (2, 7, 32) and id_.shape == (7,) and len(set(id_.tolist())) == 7
         # ~1: the +1e-7 on the norm is felt by the tiny outputs of freshly initialised heads
         torch.testing.assert_close(sample.norm(dim=-1), torch.ones(2, 7), atol=1e-3, rtol=0)

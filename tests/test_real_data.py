@@ -5,15 +5,14 @@ one (dataset, trainer, method, checkpoint)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from conftest import DATA, require_shared
 from gan_style.data.config import DataConfig
 from gan_style.data.unpaired import UnpairedImageDataset
-from gan_style.engine.trainer import Trainer
 from gan_style.engine.contract import config_from_overrides
+from gan_style.engine.trainer import Trainer
 from gan_style.methods.cyclegan import CycleGAN
 
 STEPS = 400

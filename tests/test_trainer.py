@@ -7,12 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from gan_style.config import apply_overrides
+from gan_style.data.sharding import epoch_order, shard_batches
 from gan_style.engine import checkpoint as checkpoint_module
 from gan_style.engine.checkpoint import load_checkpoint
-from gan_style.data.sharding import epoch_order, shard_batches
-from gan_style.engine.trainer import Trainer
 from gan_style.engine.contract import config_from_overrides
+from gan_style.engine.trainer import Trainer
 from gan_style.methods.cyclegan import CycleGAN
 
 TINY = {

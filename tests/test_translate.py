@@ -8,7 +8,6 @@ from PIL import Image
 from torch import nn
 
 from gan_style.cli import main as cli_main
-
 from gan_style.nn.generators import GeneratorSpec, build_generator
 from gan_style.translate import ImageTranslator, reference_size, run_padded, run_tiled, translate_images
 

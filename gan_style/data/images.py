@@ -227,7 +227,7 @@ def _stored_orientation(img: Image.Image, size: tuple[int, int]) -> tuple[int, i
     orientations 5 to 8 swap the sides."""
     try:
         swapped = img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001 - as in _upright: bad EXIF means "as stored"
+    except Exception:
         swapped = False
     width, height = max(1, size[0]), max(1, size[1])
     return (height, width) if swapped else (width, height)
@@ -247,7 +247,7 @@ def _upright(img: Image.Image) -> Image.Image:
         if img.getexif().get(_EXIF_ORIENTATION, 1) == 1:
             return img  # the common case: no copy
         return ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - Pillow's EXIF parsing raises many types
+    except Exception:
         # Malformed EXIF metadata should not cost a readable image; keep it as stored.
         return img
 

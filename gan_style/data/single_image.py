@@ -40,11 +40,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gan_style.data.seeds import epoch_and_index, stream_seed
+from gan_style.data.sharding import batch_group
+
 from .config import DIRECTIONS
 from .demo import ensure_demo_dataset
 from .images import DatasetError, find_images, load_rgb, pil_to_tensor
-from gan_style.data.seeds import epoch_and_index, stream_seed
-from gan_style.data.sharding import batch_group
 
 
 @dataclass

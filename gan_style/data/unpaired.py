@@ -14,7 +14,6 @@ from .seeds import epoch_and_index, stream_seed
 from .transforms import ImageTransform
 
 
-
 def item_seed(seed: int, epoch: int, index: int, stream: str = "unpaired") -> int:
     """The seed of item ``index`` in ``epoch`` of a dataset kind (``stream``)."""
     return stream_seed(stream, seed, epoch, index)

@@ -9,7 +9,8 @@ every iteration, saved in the checkpoint and used at inference when present. Bef
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn

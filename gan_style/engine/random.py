@@ -7,7 +7,8 @@ the states are saved in each process's part of a checkpoint and restored on resu
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -14,13 +14,13 @@ the same losses at step k + 1, k + 2, ... as a run that was never stopped (teste
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gan_style.config import dump_yaml, to_dict
+from gan_style.data.sharding import epoch_order, shard_batches
 from gan_style.engine.checkpoint import (
     FORMAT,
     LATEST,
@@ -42,12 +43,11 @@ from gan_style.engine.checkpoint import (
     snapshot_name,
     snapshots,
 )
-from gan_style.errors import CheckpointError
-from gan_style.engine.schedules import build_schedule, set_lr
-from gan_style.data.sharding import epoch_order, shard_batches
 from gan_style.engine.contract import Method, OptimizerSpec, StepContext
 from gan_style.engine.ema import WeightAverage
 from gan_style.engine.random import RandomStreams
+from gan_style.engine.schedules import build_schedule, set_lr
+from gan_style.errors import CheckpointError
 
 
 @dataclass

@@ -8,14 +8,14 @@ network and loads the weights strictly. A file that fits no known layout raises
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from gan_style.hub.errors import CheckpointLayoutError, LayoutMismatch
 from gan_style.hub import cut_family, pix2pix_family
+from gan_style.hub.errors import CheckpointLayoutError, LayoutMismatch
 
 Importer = Callable[[dict[str, Tensor]], tuple[nn.Module, Any]]
 

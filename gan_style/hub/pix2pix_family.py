@@ -9,7 +9,7 @@ build our network with the same layout, and load strictly.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import Tensor, nn
 

@@ -18,7 +18,7 @@ through the keys, as in the reference). Following the reference we average inste
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,8 @@ the batch, so a batch of B images gives the mean of the B single-image losses.
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

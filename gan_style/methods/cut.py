@@ -46,8 +46,9 @@ ones, as in the reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +59,9 @@ from gan_style.data.single_image import SingleImageDataConfig
 from gan_style.data.transforms import ImageTransform
 from gan_style.data.unpaired import UnpairedImageDataset
 from gan_style.engine.config import TrainConfig
+from gan_style.engine.contract import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
 from gan_style.losses.adversarial import GAN_MODES, gan_loss, r1_penalty
 from gan_style.losses.patchnce import multilayer_patch_nce_loss
-from gan_style.engine.contract import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
 from gan_style.nn.discriminators import DiscriminatorSpec, build_discriminator
 from gan_style.nn.generators import GeneratorSpec, build_generator
 from gan_style.nn.patch_sampler import PatchSampleMLP, feature_channels

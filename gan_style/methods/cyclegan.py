@@ -17,16 +17,17 @@ so that its users find their way and its checkpoints map one to one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_style.data.config import DataConfig
-from gan_style.losses.adversarial import GAN_MODES, gan_loss, gradient_penalty
 from gan_style.engine.contract import Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
+from gan_style.losses.adversarial import GAN_MODES, gan_loss, gradient_penalty
 from gan_style.nn.discriminators import DiscriminatorSpec, build_discriminator
 from gan_style.nn.generators import GeneratorSpec, build_generator
 from gan_style.nn.image_pool import ImagePool

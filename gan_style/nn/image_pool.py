@@ -3,7 +3,8 @@ discriminators on a buffer of 50 earlier fakes rather than only the newest ones.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

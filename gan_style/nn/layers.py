@@ -7,7 +7,7 @@ by those indices, and checkpoints load both ways). The builders here return list
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -13,7 +13,7 @@ the first batch, which breaks resuming, DDP wrapping and optimiser construction)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from einops import rearrange

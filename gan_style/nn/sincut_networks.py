@@ -15,8 +15,8 @@ reference's table from ``--ngf`` / ``--ndf`` and the crop size.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,7 @@ class SinCUTGeneratorSpec:
         num_downsampling: int = 1,
         n_blocks: int = 6,
         inject_noise: bool = True,
-    ) -> "SinCUTGeneratorSpec":
+    ) -> SinCUTGeneratorSpec:
         """SinCUT's defaults: ``--ngf 10 --stylegan2_G_num_downsampling 1 --load_size 1024 --crop_size 64``.
         Width at resolution r: round(16384 / r * ngf / 32), at most 512 for r <= 32."""
         multiplier = ngf / 32
@@ -176,7 +176,7 @@ class SinCUTDiscriminatorSpec:
         return 4 * 2 ** (len(self.channels) - 1)
 
     @classmethod
-    def from_reference_options(cls, ndf: int = 8, load_size: int = 1024, crop_size: int = 64) -> "SinCUTDiscriminatorSpec":
+    def from_reference_options(cls, ndf: int = 8, load_size: int = 1024, crop_size: int = 64) -> SinCUTDiscriminatorSpec:
         """SinCUT's defaults ``--ndf 8 --load_size 1024 --crop_size 64``. Width at resolution r:
         int(16384 / r * ndf / 64), at most 384 for r <= 32."""
         multiplier = ndf / 64

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gan_style.data.content_style import ContentStyleDataset
-from gan_style.losses.perceptual import channel_mean_std, mean_std_style_loss
 from gan_style.engine.contract import InputSpec, Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
+from gan_style.losses.perceptual import channel_mean_std, mean_std_style_loss
 from gan_style.methods.nst.gatys import normalised_blend
 from gan_style.nn.vgg import (
     ADAIN_RELEASE_URL,

@@ -17,8 +17,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -81,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_image(path: str | os.PathLike[str], size: int | None = None) -> "Tensor":
+def load_image(path: str | os.PathLike[str], size: int | None = None) -> Tensor:
     """An image file as a (1, 3, H, W) float tensor in [0, 1], resized so that its longest side is
     ``size`` (None or 0: as stored)."""
     from gan_style.data.images import load_rgb, pil_to_tensor
@@ -91,7 +92,7 @@ def load_image(path: str | os.PathLike[str], size: int | None = None) -> "Tensor
     return resize_longest_side(image, size) if size else image
 
 
-def save_image(image: "Tensor", path: str | os.PathLike[str]) -> Path:
+def save_image(image: Tensor, path: str | os.PathLike[str]) -> Path:
     """Save (1, 3, H, W) or (3, H, W) in [0, 1] (rounded to 8 bits); creates the folder."""
     import numpy as np
     from PIL import Image
@@ -114,7 +115,7 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
-def _mask_labels(paths: Sequence[str], num_styles: int, height: int, width: int) -> "Tensor":
+def _mask_labels(paths: Sequence[str], num_styles: int, height: int, width: int) -> Tensor:
     """Which style each content pixel takes, from the --mask images (resized to the content)."""
     import torch
     import torch.nn.functional as F
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _bench_images(size: int) -> tuple["Tensor", "Tensor", str]:
+def _bench_images(size: int) -> tuple[Tensor, Tensor, str]:
     """tubingen / starry night from shared/data/nst when present, else random images."""
     import torch
 
@@ -292,7 +293,7 @@ def benchmark(
         stamps: list[tuple[float, float]] = []
         config = GatysConfig(size=size, iterations=gatys_iterations, lbfgs_line_search="none")
         timed = stylize_gatys(
-            vgg, content, [style], config, progress=progress, on_iteration=lambda record, image: stamps.append((time.perf_counter(), time.process_time()))
+            vgg, content, [style], config, progress=progress, on_iteration=lambda record, image, stamps=stamps: stamps.append((time.perf_counter(), time.process_time()))
         )
         # Between consecutive evaluations (the last one is the final, forward-only evaluation).
         steps = sorted(b[0] - a[0] for a, b in zip(stamps[:-2], stamps[1:-1]))
