@@ -42,8 +42,7 @@ class Model:
     averaged: bool = False  # whether the networks hold the EMA weights (train.ema_decay)
 
     def translator(self, direction: str = "AtoB") -> Translator:
-        if direction not in self.directions:
-            raise UserError(f"direction {direction!r}: {self.description} translates {' or '.join(self.directions)}")
+        """The method's translator of ``direction`` (it says which directions it has)."""
         return self.make_translator(self.networks, direction)
 
     def inputs(self, direction: str = "AtoB") -> tuple[str, ...]:
@@ -132,7 +131,14 @@ def load(path: str | Path, device: str | torch.device | None = None, use_ema: bo
     network, spec = import_reference_state_dict(state, str(path))
     network = network.eval().to(device)
     description = f"reference checkpoint {path}: {spec}"
-    return Model("reference", {"G": network}, lambda nets, _: Translator.of_network(nets["G"], description), ("AtoB",), description, device)
+
+    def one_generator(nets: Mapping[str, nn.Module], direction: str) -> Translator:
+        if direction != "AtoB":
+            raise UserError(f"--direction {direction}: {path} holds one generator, which translates AtoB (its own direction); "
+                            "for the other direction give the file of the other generator")
+        return Translator.of_network(nets["G"], description)
+
+    return Model("reference", {"G": network}, one_generator, ("AtoB",), description, device)
 
 
 def _from_training_checkpoint(path: Path, state: Mapping[str, Any], device: torch.device, use_ema: bool) -> Model:

@@ -125,6 +125,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {args.checkpoint} does not exist; give a run folder, a gan_style .pt or an official .pth file")
     extra = _inference_inputs(args.with_inputs)
     check_output_folder(args.input, args.output)
+    _check_writable(Path(args.output), "--output")
     inputs = collect_inputs(args.input)
     input_root = Path(args.input) if Path(args.input).is_dir() else None
     plan_outputs(inputs, args.output, input_root)  # refuses outputs that would overwrite an input
@@ -254,6 +255,8 @@ def _fatal_message(error: BaseException) -> tuple[str, int] | None:
         return f"cannot write {error.filename or 'a file'}: {error.strerror}; choose a folder you can write to", 2
     if isinstance(error, FileNotFoundError):
         return f"{error.filename or text} does not exist; check the path", 2
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot use {error.filename}: {error.strerror or text}; check the path", 2
     return None
 
 

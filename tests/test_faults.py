@@ -241,3 +241,23 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path):
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [result.stderr.strip().splitlines()[-1]]
     debug = subprocess.run(command + ["--debug"], env=env, capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_one_way_direction_and_unwritable_output_for_translate(tmp_path, demo_cache, capsys):
+    from gan_style.engine.contract import config_from_overrides
+    from gan_style.engine.trainer import Trainer
+    from gan_style.methods.cut import CUT
+
+    run = tmp_path / "cut-run"
+    Trainer(CUT(config_from_overrides(CUT, "smoke", {"train": {"max_steps": 1}})), run, show_progress=False).fit()
+    photos = tmp_path / "in"
+    photos.mkdir()
+    Image.new("RGB", (20, 16)).save(photos / "photo.png")
+    base = ["translate", "--checkpoint", str(run), "--input", str(photos)]
+    assert_one_error_line(capsys, cli_main([*base, "--output", str(tmp_path / "out"), "--direction", "BtoA"]), "--direction BtoA", "one way")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_one_error_line(capsys, cli_main([*base, "--output", str(blocker / "out")]), "--output", "a-file")
+    assert not (tmp_path / "out").exists()
+    assert cli_main([*base, "--output", str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "photo.png").size == (20, 16)
