@@ -49,8 +49,9 @@ from torch import Tensor, nn
 
 from gan_style.data.content_style import ContentStyleDataset
 from gan_style.engine.contract import InputSpec, Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
-from gan_style.losses.perceptual import channel_mean_std, mean_std_style_loss
+from gan_style.losses.perceptual import mean_std_style_loss
 from gan_style.methods.nst.gatys import normalised_blend
+from gan_style.nn.adain import adaptive_instance_norm
 from gan_style.nn.vgg import (
     ADAIN_RELEASE_URL,
     NormalisedVGGEncoder,
@@ -79,20 +80,6 @@ ADAIN_DECODER_FILE = "decoder.pth"
 # ---------------------------------------------------------------------------------------------
 # The AdaIN layer (Sec. 5)
 # ---------------------------------------------------------------------------------------------
-
-
-def adaptive_instance_norm(content: Tensor, style: Tensor, eps: float = 1e-5) -> Tensor:
-    """Eq. 8: normalise each channel of ``content`` (B, C, H, W) to zero mean and unit std over its
-    positions, then scale and shift it by the std and mean of the same channel of ``style``
-    (B or 1, C, h, w; any spatial size).
-
-    Statistics as :func:`gan_style.losses.perceptual.channel_mean_std` (unbiased variance, ``eps``
-    added to it; the reference's ``calc_mean_std``). With ``eps=0`` the output has exactly the
-    style's channel means and stds.
-    """
-    content_mean, content_std = channel_mean_std(content, eps)
-    style_mean, style_std = channel_mean_std(style, eps)
-    return (content - content_mean) / content_std * style_std + style_mean
 
 
 def masked_adaptive_instance_norm(content: Tensor, styles: Sequence[Tensor], labels: Tensor, eps: float = 1e-5) -> Tensor:
