@@ -9,7 +9,7 @@ read weights-only: loading never runs pickled code.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
@@ -40,6 +40,26 @@ class Model:
     device: torch.device
     step: int | None = None
     averaged: bool = False  # whether the networks hold the EMA weights (train.ema_decay)
+    functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        """The method's own inference functions (``model.encode``, ``model.decode`` ...)."""
+        functions = self.__dict__.get("functions", {})
+        if name in functions:
+            function = functions[name]
+
+            def run(*args: Any, **kwargs: Any) -> Any:
+                with torch.inference_mode():
+                    return function(*(self._as_tensor(a) if isinstance(a, Image.Image) else a for a in args), **kwargs)
+
+            return run
+        raise AttributeError(f"{type(self).__name__} of {self.__dict__.get('method', '?')!r} has no attribute {name!r}")
+
+    def swap(self, structure_images: Any, texture_images: Any, alpha: float = 1.0, seed: int = 0) -> Any:
+        """The Swapping Autoencoder's swap: the structure of ``structure_images`` with the texture
+        of ``texture_images`` (one image for all, or one per structure image), interpolated by
+        ``alpha``; images as for ``translate``."""
+        return self.translate(structure_images, texture=texture_images, alpha=alpha, seed=seed)
 
     def translator(self, direction: str = "AtoB") -> Translator:
         """The method's translator of ``direction`` (it says which directions it has)."""
@@ -60,12 +80,21 @@ class Model:
         result is of the same kind and size. Images of any size are padded to the network's size
         multiple and cropped back. Extra keyword inputs (see ``inputs()``) may be PIL images or
         tensors where an image is expected."""
-        from gan_style.translate import run_padded
+        from gan_style.translate import probe_min_side, run_padded
 
         function, translator = self.bind(direction, **inputs)
 
         def run(x: Tensor) -> Tensor:
-            return run_padded(function, x.to(self.device, torch.float32), translator.size_multiple).clamp(-1, 1)
+            x = x.to(self.device, torch.float32)
+            try:
+                out = run_padded(function, x, translator.size_multiple)
+            except (RuntimeError, ValueError) as error:
+                if isinstance(error, UserError) or min(x.shape[-2:]) >= 64 * translator.size_multiple:
+                    raise
+                # too small for the network: pad to the smallest side it runs on, crop back
+                least = probe_min_side(function, x.shape[1], translator.size_multiple, self.device)
+                out = run_padded(function, x, translator.size_multiple, least)
+            return out.clamp(-1, 1)
 
         with torch.inference_mode():
             if isinstance(images, Tensor):
@@ -126,6 +155,10 @@ def load(path: str | Path, device: str | torch.device | None = None, use_ema: bo
         state = read_weights(path)
     if isinstance(state, Mapping) and state.get("format") == FORMAT:
         return _from_training_checkpoint(path, state, device, use_ema)
+    whole = _official_model(path, state)
+    if whole is not None:
+        method_name, overrides, networks = whole
+        return _model_of(method_name, overrides, networks, device, f"reference checkpoint {path} ({method_name})")
     from gan_style.hub import import_reference_state_dict
 
     network, spec = import_reference_state_dict(state, str(path))
@@ -158,4 +191,41 @@ def _from_training_checkpoint(path: Path, state: Mapping[str, Any], device: torc
         net.requires_grad_(False).eval().to(device)
     step = state["progress"]["step"]
     description = f"{state['method']} checkpoint {path} (step {step}{', EMA weights' if averages else ''})"
-    return Model(state["method"], networks, method.translator, method_cls.directions, description, device, step, bool(averages))
+    return Model(state["method"], networks, method.translator, method_cls.directions, description, device, step, bool(averages), method.functions(networks))
+
+
+def _official_model(path: Path, state: Any) -> tuple[str, dict[str, Any], dict[str, nn.Module]] | None:
+    """(method, config overrides, networks) for a reference file that holds a whole model: the
+    Swapping Autoencoder's ``latest_checkpoint.pth`` or MUNIT's ``gen_*.pt``; None otherwise."""
+    from gan_style.hub import munit as munit_files
+    from gan_style.hub import swapae as swapae_files
+
+    if not isinstance(state, Mapping):
+        return None
+    if swapae_files.is_swapae_state(state):
+        networks, options = swapae_files.import_swapae_checkpoint(state)
+        crop = options.pop("crop_size", None)
+        overrides = {k: v for k, v in options.items() if k not in ("num_discriminator_iters", "fixed_noise")}
+        if crop is not None:
+            overrides["data"] = {"load_size": crop, "crop_size": crop}
+        return "swapae", overrides, networks
+    if munit_files.is_munit_generator_state(state):
+        from gan_style.methods.munit import config_overrides_from_specs
+
+        imported = munit_files.import_munit_checkpoint(state)
+        specs = imported.pop("specs")
+        return "munit", config_overrides_from_specs(specs), imported
+    return None
+
+
+def _model_of(method_name: str, overrides: Mapping[str, Any], networks: dict[str, nn.Module], device: torch.device, description: str) -> Model:
+    """A Model of a gan_style method around networks imported from a reference file (which may
+    hold only the inference networks: MUNIT's generators, the Swapping Autoencoder's E and G)."""
+    from gan_style.engine.contract import config_from_overrides
+    from gan_style.methods import get_method
+
+    method_cls = get_method(method_name)
+    method = method_cls(config_from_overrides(method_cls, None, overrides))
+    for net in networks.values():
+        net.requires_grad_(False).eval().to(device)
+    return Model(method_name, networks, method.translator, method_cls.directions, description, device, functions=method.functions(networks))

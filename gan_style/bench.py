@@ -13,6 +13,7 @@ rate of a dense matmul of the step's dtype timed in the same process (``fraction
 from __future__ import annotations
 
 import json
+import math
 import platform
 import resource
 import statistics
@@ -91,15 +92,22 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     config = config_from_overrides(method_cls, preset, settings)
     trainer = Trainer(method_cls(config), run_dir=None, show_progress=False)
     generator = torch.Generator().manual_seed(0)
+    # The timed unit is one cycle of the phases that alternate by iteration (the Swapping
+    # Autoencoder's D iteration then G iteration, as its reference times them); 1 for the others.
+    period = math.lcm(*(phase.every for phase in trainer.phases if phase.of == "iteration"))
+
+    def unit() -> None:
+        for _ in range(period):
+            logs = trainer.train_step(trainer.method.synthetic_batch(size, batch_size, generator))
+            # Force the step to finish (one host sync per step, only here in the benchmark).
+            float(sum(v.float().sum() for v in logs.values()))
+
     timings: list[float] = []
     for i in range(warmup + steps):
-        batch = trainer.method.synthetic_batch(size, batch_size, generator)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        logs = trainer.train_step(batch)
-        # Force the step to finish (one host sync per step, only here in the benchmark).
-        float(sum(v.float().sum() for v in logs.values()))
+        unit()
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
@@ -109,6 +117,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         "size": size,
         "batch_size": batch_size,
         "steps": steps,
+        "iterations_per_step": period,
         "sec_per_iter": round(statistics.median(timings), 4),
         "min_sec_per_iter": round(min(timings), 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -125,8 +134,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     # is compared with the reference's. Counting slows a step down: it is an extra, untimed one.
     dtype = MATMUL_DTYPES.get(config.train.mixed_precision, torch.float32)
     if count_flops:
-        batch = trainer.method.synthetic_batch(size, batch_size, generator)
-        gflop = count_gflop(lambda: trainer.train_step(batch))
+        gflop = count_gflop(unit)
     peak, n = peak_matmul_gflops(trainer.device, dtype)
     result.update(peak_gflops=_significant(peak), peak_dtype=str(dtype).removeprefix("torch."), peak_matmul_n=n)
     if count_flops:

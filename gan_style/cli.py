@@ -1,4 +1,4 @@
-"""The ``gan-style`` command: train | translate | bench | download | stylize."""
+"""The ``gan-style`` command: train | translate | swap | bench | download | stylize."""
 
 from __future__ import annotations
 
@@ -113,6 +113,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         check_output_folder,
         collect_inputs,
         load_translator,
+        load_translators,
         plan_outputs,
         resolve_device,
         translate_images,
@@ -124,34 +125,120 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if not Path(args.checkpoint).exists():
         raise UserError(f"--checkpoint {args.checkpoint} does not exist; give a run folder, a gan_style .pt or an official .pth file")
     extra = _inference_inputs(args.with_inputs)
+    variants, flags = _style_variants(args)
     check_output_folder(args.input, args.output)
     _check_writable(Path(args.output), "--output")
     inputs = collect_inputs(args.input)
     input_root = Path(args.input) if Path(args.input).is_dir() else None
-    plan_outputs(inputs, args.output, input_root)  # refuses outputs that would overwrite an input
-    translator = load_translator(args.checkpoint, args.direction, device, extra)
-    print(f"using {translator.description}")
-    written = translate_images(
-        translator,
-        inputs,
-        args.output,
-        fit=args.fit,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        batch_size=args.batch_size,
-        input_root=input_root,
-        device=device,
-        progress=not args.quiet,
-        strict=args.strict,
-        max_pixels=args.max_pixels,
-        # tqdm.write keeps the progress bar intact below the message.
-        report=lambda message: tqdm.write(f"warning: {message}", file=sys.stderr),
-    )
-    skipped = len(inputs) - len(written)
+    for suffix in variants:  # refuses outputs that would overwrite an input
+        plan_outputs(inputs, args.output, input_root, suffix)
+    if flags:
+        translators = load_translators(args.checkpoint, args.direction, device, [{**extra, **chosen} for chosen in variants.values()], flags)
+    else:
+        translators = [load_translator(args.checkpoint, args.direction, device, extra)]
+    print(f"using {translators[0].description}" + (f", {len(translators)} styles" if len(translators) > 1 else ""))
+    written = []
+    for translator, suffix in zip(translators, variants):
+        written += translate_images(
+            translator,
+            inputs,
+            args.output,
+            fit=args.fit,
+            tile=args.tile,
+            tile_overlap=args.tile_overlap,
+            batch_size=args.batch_size,
+            input_root=input_root,
+            device=device,
+            progress=not args.quiet,
+            strict=args.strict,
+            max_pixels=args.max_pixels,
+            # tqdm.write keeps the progress bar intact below the message.
+            report=lambda message: tqdm.write(f"warning: {message}", file=sys.stderr),
+            suffix=suffix,
+        )
+    skipped = len(inputs) * len(translators) - len(written)
     if skipped:
         print(f"wrote {len(written)}, skipped {skipped} (see above); outputs in {args.output}")
         return 1
     print(f"wrote {len(written)} image(s) to {args.output} (peak memory {peak_rss_mb():.0f} MB)")
+    return 0
+
+
+def _style_variants(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """MUNIT's style flags as one set of translator inputs per output-name suffix, and the flag
+    of each input (to name it when the model has no such input). No flags: one plain run."""
+    from gan_style.errors import UserError
+
+    if args.style_image is not None and (args.num_styles is not None or args.seed is not None):
+        raise UserError("--style-image gives the style; --num-styles / --seed draw random ones: use one or the other")
+    if args.style_image is not None:
+        path = Path(args.style_image).expanduser()
+        if not path.is_file():
+            raise UserError(f"--style-image {args.style_image} is not an image file")
+        return {"": {"style": path}}, {"style": "--style-image"}
+    if args.num_styles is not None:
+        if args.num_styles < 1:
+            raise UserError(f"--num-styles must be 1 or more, got {args.num_styles}")
+        # style k of the stream seeded by --seed: the same N styles for every image
+        seed = 0 if args.seed is None else args.seed
+        flags = {"style_number": "--num-styles", "seed": "--num-styles" if args.seed is None else "--seed"}
+        return {f"_style{k}": {"seed": seed, "style_number": k} for k in range(args.num_styles)}, flags
+    if args.seed is not None:
+        return {"": {"seed": args.seed}}, {"seed": "--seed"}
+    return {"": {}}, {}
+
+
+def _alpha_path(output: Path, alpha: float, several: bool) -> Path:
+    return output.with_name(f"{output.stem}_alpha{alpha:g}{output.suffix}") if several else output
+
+
+def cmd_swap(args: argparse.Namespace) -> int:
+    """The structure of one image with the texture of another (the Swapping Autoencoder)."""
+    from PIL import Image
+
+    from gan_style.api import load
+    from gan_style.data.images import IMAGE_EXTENSIONS, load_rgb
+    from gan_style.errors import UserError
+    from gan_style.translate import collect_inputs, resolve_device
+
+    output = Path(args.grid or args.output or "")
+    if not args.grid and not args.output:
+        raise UserError("swap needs --output OUT.png (or --grid GRID.png with folders of images)")
+    if output.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise UserError(f"{'--grid' if args.grid else '--output'} {output}: name an image file, e.g. out.png")
+    if any(not 0.0 <= a <= 1.0 for a in args.alpha):
+        raise UserError(f"--alpha values must lie in [0, 1], got {args.alpha}")
+    for option, value in (("--structure", args.structure), ("--texture", args.texture), ("--checkpoint", args.checkpoint)):
+        if not Path(value).exists():
+            raise UserError(f"{option} {value} does not exist")
+    structures, textures = collect_inputs(args.structure), collect_inputs(args.texture)
+    if any(output.resolve() == p.resolve() for p in structures + textures):
+        raise UserError(f"{output} is one of the input images; choose another output name")
+    if not args.grid and (len(structures) > 1 or len(textures) > 1):
+        raise UserError("--structure and --texture folders make a grid: give --grid GRID.png")
+    _check_writable(output.parent if str(output.parent) else Path("."), "--output")
+    model = load(args.checkpoint, device=resolve_device(args.device))
+    if "texture" not in model.inputs():
+        raise UserError(f"{args.checkpoint} is a {model.method} model; swap needs a Swapping Autoencoder (method swapae)")
+    print(f"using {model.description}")
+    if args.grid:
+        size = args.size
+        cells = {path: load_rgb(path).resize((size, size), Image.Resampling.BICUBIC) for path in structures + textures}
+        grid = Image.new("RGB", ((len(textures) + 1) * size, (len(structures) + 1) * size), "white")
+        for column, texture in enumerate(textures, 1):
+            grid.paste(cells[texture], (column * size, 0))
+        for row, structure in enumerate(structures, 1):
+            grid.paste(cells[structure], (0, row * size))
+            for column, texture in enumerate(textures, 1):
+                grid.paste(model.swap(cells[structure], cells[texture], alpha=args.alpha[-1], seed=args.seed), (column * size, row * size))
+        grid.save(output)
+        print(f"wrote the {len(structures)} x {len(textures)} swapping grid {output} (structures as rows, textures as columns)")
+        return 0
+    structure, texture = load_rgb(structures[0]), load_rgb(textures[0])
+    for alpha in args.alpha:
+        path = _alpha_path(output, alpha, len(args.alpha) > 1)
+        model.swap(structure, texture, alpha=alpha, seed=args.seed).save(path)
+        print(f"wrote {path} (alpha {alpha:g})")
     return 0
 
 
@@ -193,12 +280,29 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="which generator of a two-way method")
     translate.add_argument("--with", dest="with_inputs", action="append", metavar="NAME=VALUE",
                            help="an input the method takes besides the image, e.g. --with style=painting.jpg --with alpha=0.8 (AdaIN)")
+    translate.add_argument("--num-styles", type=int, default=None, metavar="N",
+                           help="MUNIT: N random styles per image, the same N for every image (NAME_style0.png ... NAME_style{N-1}.png)")
+    translate.add_argument("--seed", type=int, default=None, metavar="S", help="MUNIT: seed of the random styles (default 0)")
+    translate.add_argument("--style-image", default=None, metavar="PATH",
+                           help="MUNIT: translate with the style of this example image of the target domain")
     translate.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     translate.add_argument("--max-pixels", type=int, default=None, metavar="N",
                            help="decode images of up to N pixels (0: no limit; default: PIL's decompression-bomb guard, about 179 million, lifted by --tile)")
     translate.add_argument("--strict", action="store_true", help="stop at the first unreadable or untranslatable image (default: skip it, exit status 1)")
     translate.add_argument("--quiet", action="store_true", help="no progress bar")
     translate.set_defaults(func=cmd_translate)
+
+    swap = sub.add_parser("swap", help="the structure of one image with the texture of another (Swapping Autoencoder)")
+    swap.add_argument("--checkpoint", required=True, help="a swapae run folder, a gan_style .pt or the reference's latest_checkpoint.pth")
+    swap.add_argument("--structure", required=True, help="the image (or, with --grid, folder) whose layout is kept")
+    swap.add_argument("--texture", required=True, help="the image (or, with --grid, folder) whose texture is taken")
+    swap.add_argument("--output", help="output image; with several --alpha values one file per alpha (OUT_alpha0.5.png ...)")
+    swap.add_argument("--alpha", type=float, nargs="+", default=[1.0], help="texture interpolation: 0 = the structure image's own, 1 = the texture image's (default 1)")
+    swap.add_argument("--grid", metavar="GRID.png", help="write the N x M swapping grid of two folders (structures as rows, textures as columns)")
+    swap.add_argument("--size", type=int, default=256, help="grid cell side in pixels (default 256)")
+    swap.add_argument("--seed", type=int, default=0, help="seed of the generator's noise, fixed across alphas (default 0)")
+    swap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    swap.set_defaults(func=cmd_swap)
 
     bench = sub.add_parser("bench", help="seconds per training iteration, peak memory and GFLOP/s on synthetic data")
     bench.add_argument("method", help="method name, e.g. cyclegan")

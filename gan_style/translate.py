@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +79,34 @@ def load_translator(
     """A run folder, a gan_style checkpoint or an official reference file (``gan_style.load``),
     as the image function of ``direction`` with the method's extra ``inputs`` bound (image inputs
     may be file paths)."""
+    return load_translators(checkpoint, direction, device, [inputs or {}])[0]
+
+
+def load_translators(
+    checkpoint: str | Path,
+    direction: str,
+    device: str | torch.device,
+    variants: Sequence[Mapping[str, Any]],
+    flags: Mapping[str, str] | None = None,
+) -> list[ImageTranslator]:
+    """One model loaded once, bound once per set of inputs in ``variants`` (MUNIT's
+    ``--num-styles N``: one translator per style). ``flags`` names the command-line flag of each
+    input, so that a model without that input is refused with the flag's name."""
     from gan_style.api import load
 
     model = load(checkpoint, device=device)
-    bound = {name: load_rgb(value) if isinstance(value, (str, Path)) else value for name, value in (inputs or {}).items()}
-    function, translator = model.bind(direction, **bound)
-    return ImageTranslator(function, translator.size_multiple, f"{model.description}, {direction}")
+    if flags:
+        accepted = model.inputs(direction)
+        for name, flag in flags.items():
+            if name not in accepted:
+                takes = f"takes only {', '.join(accepted)}" if accepted else "takes no inputs besides the image"
+                raise UserError(f"{flag}: {model.description} has no {name!r} input ({takes}); {flag} is for models with styles, such as MUNIT")
+    translators = []
+    for inputs in variants:
+        bound = {name: load_rgb(value) if isinstance(value, (str, Path)) else value for name, value in inputs.items()}
+        function, translator = model.bind(direction, **bound)
+        translators.append(ImageTranslator(function, translator.size_multiple, f"{model.description}, {direction}"))
+    return translators
 
 
 def reference_size(width: int, height: int, multiple: int = 4) -> tuple[int, int]:
@@ -112,15 +134,18 @@ def run_padded(network: Callable[[Tensor], Tensor], x: Tensor, multiple: int, mi
 
 
 def probe_min_side(network: Callable[[Tensor], Tensor], channels: int, multiple: int, device: str | torch.device = "cpu") -> int:
-    """The smallest padded side ``network`` runs on: one ``multiple`` (U-Nets), or two for the
-    ResNet generators, whose bottleneck (a quarter of the input) must be 2 pixels or more for
-    instance norm (one value per channel has no variance) and reflection padding."""
-    try:
-        with torch.inference_mode():
-            network(torch.zeros(1, channels, multiple, multiple, device=device))
-        return multiple
-    except (RuntimeError, ValueError):
-        return 2 * multiple
+    """The smallest padded side ``network`` runs on: one ``multiple`` (U-Nets), two for the ResNet
+    generators (their bottleneck must be 2 pixels or more for instance norm and reflection
+    padding), more for networks with unpadded convolutions (the Swapping Autoencoder's texture
+    branch). Tries 1, 2, 4 ... 64 multiples."""
+    for factor in (1, 2, 4, 8, 16, 32, 64):
+        try:
+            with torch.inference_mode():
+                network(torch.zeros(1, channels, factor * multiple, factor * multiple, device=device))
+            return factor * multiple
+        except (RuntimeError, ValueError):
+            continue
+    raise UserError(f"the network runs on no input side up to {64 * multiple} pixels")
 
 
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> Tensor:
@@ -262,12 +287,13 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 
 def plan_outputs(
-    inputs: Iterable[Path], output_dir: str | Path, input_root: Path | None = None
+    inputs: Iterable[Path], output_dir: str | Path, input_root: Path | None = None, suffix: str = ""
 ) -> tuple[dict[Path, Path], list[str]]:
     """The PNG file each input is written to, and one note per set of renamed outputs.
 
     An input's output is its path relative to ``input_root`` (its name without one) with the
-    suffix ``.png``. When several inputs would share an output (``a.jpg`` and ``a.png``, compared
+    suffix ``.png`` (``suffix`` before it: ``a_style0.png`` for ``a.jpg``). When several inputs
+    would share an output (``a.jpg`` and ``a.png``, compared
     ignoring case as macOS and Windows do), the ``.png`` input, or else the first in order, keeps
     it and each other one is named after its full file name: ``a.jpg`` -> ``a.jpg.png`` (then
     ``a.jpg-2.png``... should that be taken too). Raises :class:`UserError` when an output would
@@ -277,20 +303,20 @@ def plan_outputs(
     relative = {src: src.relative_to(input_root) if input_root is not None else Path(src.name) for src in inputs}
     groups: dict[str, list[Path]] = {}
     for src, rel in relative.items():
-        groups.setdefault(str(rel.with_suffix(".png")).casefold(), []).append(src)
+        groups.setdefault(str(rel.with_name(f"{rel.stem}{suffix}.png")).casefold(), []).append(src)
     taken = set(groups)
     plan: dict[Path, Path] = {}
     notes: list[str] = []
     for members in groups.values():
         keeper = next((src for src in members if src.suffix.lower() == ".png"), members[0])
-        plan[keeper] = output_dir / relative[keeper].with_suffix(".png")
+        plan[keeper] = output_dir / relative[keeper].with_name(f"{relative[keeper].stem}{suffix}.png")
         for src in members:
             if src == keeper:
                 continue
             rel, number = relative[src], 2
-            name = rel.with_name(rel.name + ".png")
+            name = rel.with_name(f"{rel.name}{suffix}.png")
             while str(name).casefold() in taken:
-                name, number = rel.with_name(f"{rel.name}-{number}.png"), number + 1
+                name, number = rel.with_name(f"{rel.name}-{number}{suffix}.png"), number + 1
             taken.add(str(name).casefold())
             plan[src] = output_dir / name
         if len(members) > 1:
@@ -337,6 +363,7 @@ def translate_images(
     strict: bool = False,
     max_pixels: int | None = None,
     report: Callable[[str], None] | None = None,
+    suffix: str = "",
 ) -> list[Path]:
     """Translate every input image and write a PNG per input into ``output_dir`` (sub-folders of
     ``input_root`` are kept; names as :func:`plan_outputs`). Returns the written paths.
@@ -345,7 +372,8 @@ def translate_images(
     one-line message naming it and why (default: a logged warning), and the others are still written;
     with ``strict`` the first bad input raises :class:`UserError` instead. Renamed outputs are
     reported too. ``max_pixels``: the decoder's pixel limit for this call (0: none; default:
-    PIL's, lifted when tiling, whose memory does not grow with the image).
+    PIL's, lifted when tiling, whose memory does not grow with the image). ``suffix`` goes into
+    every output name before ``.png`` (MUNIT's ``--num-styles``: ``a_style0.png``, ``a_style1.png`` ...).
     """
     check_options(tile, tile_overlap, batch_size, max_pixels, fit, translator.size_multiple)
     say = report if report is not None else logger.warning
@@ -354,7 +382,7 @@ def translate_images(
     # Loose files (no input_root): only their own folders are refused, one file per folder.
     for source in [input_root] if input_root is not None else {src.parent: src for src in inputs}.values():
         check_output_folder(source, output_dir)
-    plan, notes = plan_outputs(inputs, output_dir, input_root)
+    plan, notes = plan_outputs(inputs, output_dir, input_root, suffix)
     for note in notes:
         say(note)
     multiple = translator.size_multiple

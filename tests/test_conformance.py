@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -70,8 +71,13 @@ def test_a_synthetic_step_runs(name, precision, demo_cache):
     config = smoke(name, mixed_precision=precision)
     trainer = Trainer(get_method(name)(config), show_progress=False)
     before = {n: [p.detach().clone() for p in trainer.unwrapped(n).parameters()] for n in sorted(trainer._owned)}
-    batch = trainer.method.synthetic_batch(32, config.train.batch_size, torch.Generator().manual_seed(0))
-    logs = trainer.train_step(batch)
+    size = getattr(getattr(config, "data", None), "crop_size", 32)  # the smoke preset's training size
+    generator = torch.Generator().manual_seed(0)
+    # One cycle of the phases that alternate by iteration (1 iteration for most methods).
+    period = math.lcm(*(phase.every for phase in trainer.phases if phase.of == "iteration"))
+    logs = {}
+    for _ in range(period):
+        logs.update(trainer.train_step(trainer.method.synthetic_batch(size, config.train.batch_size, generator)))
     phases = {phase.name for phase in trainer.phases}
     losses = {k: v for k, v in logs.items() if k.startswith("loss/")}
     assert losses and all(k.split("/")[1] in phases for k in losses)

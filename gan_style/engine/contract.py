@@ -228,13 +228,20 @@ class Method:
         """A batch of random images shaped like ``build_dataset``'s, for benchmarks."""
         raise NotImplementedError
 
-    def visuals(self, batch: Batch, carry: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Images to show (name -> (B, C, H, W) in [-1, 1]), from the last iteration's carry."""
+    def visuals(self, batch: Batch, carry: Mapping[str, Any], nets: Mapping[str, nn.Module] | None = None) -> dict[str, Tensor]:
+        """Images to show (name -> (B, C, H, W) in [-1, 1]), from the last iteration's carry; the
+        trainer also lends the networks (in no-grad mode) for images a step does not make, such
+        as MUNIT's translations with a fixed set of random styles."""
         return {}
 
     def translator(self, nets: Mapping[str, nn.Module], direction: str = "AtoB") -> Translator:
         """How ``nets`` translate at test time, in ``direction`` (one of ``directions``)."""
         raise NotImplementedError
+
+    def functions(self, nets: Mapping[str, nn.Module]) -> dict[str, Callable[..., Any]]:
+        """Further inference functions the Python API offers as ``model.<name>`` (the Swapping
+        Autoencoder's ``encode`` and ``decode``), on tensors in [-1, 1]. Default: none."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Training state other than networks, optimisers and random streams (e.g. image pools)."""

@@ -182,8 +182,8 @@ class Trainer:
             self._raw[name].requires_grad_(name in names)
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Run the phases due in this iteration on ``batch``; return the detached loss terms and
-        logs, named by phase (``loss/<phase>/<term>``, ``<phase>/<scalar>``)."""
+        """Run the phases due in this iteration on ``batch`` and count the iteration; return the
+        detached loss terms and logs, named by phase (``loss/<phase>/<term>``, ``<phase>/<scalar>``)."""
         batch = _to_device(batch, self.device, self.config.channels_last)
         progress = self.progress
         factor = self.schedule(progress.step, progress.epoch)
@@ -219,6 +219,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self._raw, progress.step)
         self._last_batch, self._last_carry = batch, carry
+        progress.step += 1
         return logs
 
     # -- the loop ------------------------------------------------------------------------------
@@ -260,7 +261,6 @@ class Trainer:
             while (last_epoch is None or self.progress.epoch <= last_epoch) and not stop:
                 for batch in self._batches(dataset, self.progress.epoch, self.progress.batch_in_epoch):
                     logs = self.train_step(batch)
-                    self.progress.step += 1
                     self.progress.batch_in_epoch += 1
                     for key, value in logs.items():
                         window[key].append(value)
@@ -326,7 +326,8 @@ class Trainer:
             return
         import torchvision
 
-        visuals = self.method.visuals(self._last_batch, self._last_carry)
+        with torch.no_grad():
+            visuals = self.method.visuals(self._last_batch, self._last_carry, self._raw)
         if not visuals:
             return
         # First image of the batch for every visual, in the method's order; grey images

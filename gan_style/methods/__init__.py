@@ -13,6 +13,8 @@ METHODS: dict[str, str] = {
     "fastcut": "gan_style.methods.cut:FastCUT",
     "sincut": "gan_style.methods.cut:SinCUT",
     "adain": "gan_style.methods.nst.adain:AdaINTraining",
+    "munit": "gan_style.methods.munit:MUNIT",
+    "swapae": "gan_style.methods.swapae:SwapAE",
 }
 
 

@@ -433,7 +433,7 @@ class CUT(Method):
         shape_B = (batch_size, self.config.output_nc, image_size, image_size)
         return {"A": torch.rand(shape_A, generator=generator) * 2 - 1, "B": torch.rand(shape_B, generator=generator) * 2 - 1}
 
-    def visuals(self, batch: Mapping[str, Any], carry: Mapping[str, Any]) -> dict[str, Tensor]:
+    def visuals(self, batch: Mapping[str, Any], carry: Mapping[str, Any], nets: Mapping[str, nn.Module] | None = None) -> dict[str, Tensor]:
         fake_B = carry["fake_B"]
         shown = {"real_A": batch["A"], "fake_B": fake_B.flip(3) if carry.get("flipped") else fake_B, "real_B": batch["B"]}
         if carry.get("idt_B") is not None:

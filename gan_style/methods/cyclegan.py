@@ -216,7 +216,7 @@ class CycleGAN(Method):
             "B": torch.rand(shape_B, generator=generator) * 2 - 1,
         }
 
-    def visuals(self, batch: Mapping[str, Any], carry: Mapping[str, Any]) -> dict[str, Tensor]:
+    def visuals(self, batch: Mapping[str, Any], carry: Mapping[str, Any], nets: Mapping[str, nn.Module] | None = None) -> dict[str, Tensor]:
         order_A = ["fake_B", "rec_A", "idt_B"]
         order_B = ["fake_A", "rec_B", "idt_A"]
         shown = {"real_A": batch["A"]}

@@ -21,6 +21,7 @@ makes a separate init pass unnecessary.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
@@ -197,6 +198,11 @@ class ModulatedConv2d(nn.Module):
 
     Up-sampling is a stride-2 transposed conv followed by a blur, down-sampling a blur followed by
     a stride-2 conv. The weight is stored as (1, out, in, k, k) like the reference.
+
+    ``modulate_input=True`` is the Swapping Autoencoder's variant: the style scales the *input*
+    channels, s <- s / sqrt(mean_i s_i^2 + 1e-8) when demodulating, and the shared weight is
+    demodulated by its own norm (without the style). Not StyleGAN2's eq. 3 (the style does not
+    enter the normaliser), but one ordinary convolution then serves the whole batch.
     """
 
     def __init__(
@@ -210,6 +216,7 @@ class ModulatedConv2d(nn.Module):
         downsample: bool = False,
         blur_taps: Sequence[float] = DEFAULT_BLUR_TAPS,
         eps: float = 1e-8,
+        modulate_input: bool = False,
     ):
         super().__init__()
         if upsample and downsample:
@@ -221,6 +228,7 @@ class ModulatedConv2d(nn.Module):
         self.downsample = downsample
         self.demodulate = demodulate
         self.eps = eps
+        self.modulate_input = modulate_input
         if upsample:
             self.blur = Blur(blur_taps, upsampling_blur_pad(len(blur_taps), kernel_size), upsample_factor=2)
         elif downsample:
@@ -245,6 +253,12 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: Tensor, style: Tensor | None = None) -> Tensor:
         if style is None and self.modulation is not None:
             raise ValueError("this ModulatedConv2d needs a style vector")
+        if self.modulate_input and style is not None and self.modulation is not None:
+            scales = self.modulation(style)  # (B, in)
+            if self.demodulate:
+                scales = scales * torch.rsqrt(scales.pow(2).mean(dim=1, keepdim=True) + self.eps)
+            x = x * rearrange(scales, "b i -> b i 1 1")
+            style = None  # the weight is then shared: demodulated by its own norm only
         weight = self.modulated_weight(style)
         batch = x.shape[0]
         if weight.shape[0] == 1:
@@ -304,6 +318,7 @@ class StyledConv(nn.Module):
     """ModulatedConv2d -> NoiseInjection -> FusedLeakyReLU (the StyleGAN2 synthesis layer).
 
     ``inject_noise=False`` keeps the (unused) ``noise`` parameter so that checkpoints load either way.
+    ``modulate_input`` selects the Swapping Autoencoder's modulation (see ModulatedConv2d).
     """
 
     def __init__(
@@ -317,11 +332,13 @@ class StyledConv(nn.Module):
         demodulate: bool = True,
         inject_noise: bool = True,
         bias_shape: Literal["vector", "nchw"] = "vector",
+        modulate_input: bool = False,
     ):
         super().__init__()
         self.inject_noise = inject_noise
         self.conv = ModulatedConv2d(
-            in_channels, out_channels, kernel_size, style_dim, demodulate=demodulate, upsample=upsample, blur_taps=blur_taps
+            in_channels, out_channels, kernel_size, style_dim, demodulate=demodulate, upsample=upsample, blur_taps=blur_taps,
+            modulate_input=modulate_input,
         )
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channels, bias_shape=bias_shape)
@@ -347,7 +364,15 @@ class ConvLayer(nn.Sequential):
     With an activation the bias lives in the FusedLeakyReLU (the conv has none); ``bias=False``
     with an activation gives a bias-free ScaledLeakyReLU; without an activation the conv carries
     the bias (if any). Down-sampling blurs first and then convolves with stride 2 and no padding;
-    otherwise the conv zero-pads by k // 2.
+    otherwise the conv zero-pads by ``padding`` (default k // 2; the Swapping Autoencoder's patch
+    discriminator ends with a 3x3 conv without padding).
+
+    ``layout="named"`` names the sub-modules ``Blur``, ``Conv``, ``Act`` instead of 0, 1, 2, as the
+    Swapping Autoencoder's checkpoints do (``...Conv.weight``, ``...Act.bias``, ``...Blur.kernel``).
+
+    ``pad_mode="reflect"`` pads by reflection instead of zeros (the Swapping Autoencoder's encoder,
+    against border artefacts in the structure code): a parameter-free ``ReflectionPad2d`` (``Pad``)
+    comes first and takes over the blur's or the conv's padding.
     """
 
     def __init__(
@@ -360,19 +385,34 @@ class ConvLayer(nn.Sequential):
         bias: bool = True,
         activate: bool = True,
         bias_shape: Literal["vector", "nchw"] = "vector",
+        padding: int | None = None,
+        layout: Literal["index", "named"] = "index",
+        pad_mode: Literal["zeros", "reflect"] = "zeros",
     ):
-        layers: list[nn.Module] = []
+        if pad_mode not in ("zeros", "reflect"):
+            raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {pad_mode!r}")
+        if layout not in ("index", "named"):
+            raise ValueError(f"layout must be 'index' or 'named', got {layout!r}")
+        if downsample and padding is not None:
+            raise ValueError("a down-sampling ConvLayer pads in its blur; padding applies only without down-sampling")
+        layers: list[tuple[str, nn.Module]] = []
+        blur_pad = downsampling_blur_pad(len(blur_taps), kernel_size)
+        stride, padding = (2, 0) if downsample else (1, kernel_size // 2 if padding is None else padding)
+        if pad_mode == "reflect":
+            before, after = blur_pad if downsample else (padding, padding)
+            layers.append(("Pad", nn.ReflectionPad2d((before, after, before, after))))
+            blur_pad, padding = (0, 0), 0
         if downsample:
-            layers.append(Blur(blur_taps, downsampling_blur_pad(len(blur_taps), kernel_size)))
-            stride, padding = 2, 0
-        else:
-            stride, padding = 1, kernel_size // 2
+            layers.append(("Blur", Blur(blur_taps, blur_pad)))
         layers.append(
-            EqualConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias and not activate)
+            ("Conv", EqualConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias and not activate))
         )
         if activate:
-            layers.append(FusedLeakyReLU(out_channels, bias_shape=bias_shape) if bias else ScaledLeakyReLU())
-        super().__init__(*layers)
+            layers.append(("Act", FusedLeakyReLU(out_channels, bias_shape=bias_shape) if bias else ScaledLeakyReLU()))
+        if layout == "named":
+            super().__init__(OrderedDict(layers))
+        else:
+            super().__init__(*(module for _, module in layers))
 
 
 class ResBlock(nn.Module):
@@ -380,7 +420,10 @@ class ResBlock(nn.Module):
 
     conv1 = 3x3 ConvLayer (in -> in), conv2 = 3x3 ConvLayer (in -> out, down-sampling if asked);
     skip = 1x1 ConvLayer without bias or activation (down-sampling if asked), or the identity when
-    the channels match and the resolution is kept. The 1/sqrt(2) keeps the variance of the sum.
+    the channels match and the resolution is kept (``always_skip_conv=True`` keeps the 1x1 conv
+    then too, as the Swapping Autoencoder's copy does). The 1/sqrt(2) keeps the variance of the sum.
+    ``layout`` names the ConvLayers' sub-modules and ``pad_mode`` pads conv1 and conv2 (see
+    ConvLayer; the skip keeps zero padding, as in the Swapping Autoencoder's encoder).
     """
 
     def __init__(
@@ -390,13 +433,19 @@ class ResBlock(nn.Module):
         downsample: bool = True,
         blur_taps: Sequence[float] = DEFAULT_BLUR_TAPS,
         bias_shape: Literal["vector", "nchw"] = "vector",
+        always_skip_conv: bool = False,
+        layout: Literal["index", "named"] = "index",
+        pad_mode: Literal["zeros", "reflect"] = "zeros",
     ):
         super().__init__()
-        self.conv1 = ConvLayer(in_channels, in_channels, 3, bias_shape=bias_shape)
-        self.conv2 = ConvLayer(in_channels, out_channels, 3, downsample=downsample, blur_taps=blur_taps, bias_shape=bias_shape)
-        if in_channels != out_channels or downsample:
+        self.conv1 = ConvLayer(in_channels, in_channels, 3, bias_shape=bias_shape, layout=layout, pad_mode=pad_mode)
+        self.conv2 = ConvLayer(
+            in_channels, out_channels, 3, downsample=downsample, blur_taps=blur_taps, bias_shape=bias_shape, layout=layout,
+            pad_mode=pad_mode,
+        )
+        if in_channels != out_channels or downsample or always_skip_conv:
             self.skip: nn.Module = ConvLayer(
-                in_channels, out_channels, 1, downsample=downsample, blur_taps=blur_taps, bias=False, activate=False
+                in_channels, out_channels, 1, downsample=downsample, blur_taps=blur_taps, bias=False, activate=False, layout=layout
             )
         else:
             self.skip = nn.Identity()

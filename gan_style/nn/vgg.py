@@ -1,10 +1,10 @@
-"""VGG-19 feature extractors for perceptual losses, neural style transfer and metrics.
+"""VGG feature extractors for perceptual losses, neural style transfer and metrics.
 
-Two networks live here, each loading its published weight file as it is:
+Three networks live here, each loading its published weight file as it is:
 
 * :class:`VGG19Features` - the convolutional part of VGG-19 (Simonyan and Zisserman, 2015) in
-  torchvision's layout (``features.0.weight`` ... ``features.34.bias``). Gatys et al. (CVPR 2016),
-  MUNIT's perceptual loss and the content/style distances of the metrics use it. Layers are named
+  torchvision's layout (``features.0.weight`` ... ``features.34.bias``). Gatys et al. (CVPR 2016)
+  and the content/style distances of the metrics use it. Layers are named
   as in the papers: ``conv1_1``, ``relu1_1``, ``conv1_2``, ... ``pool5``. The ImageNet
   normalisation is applied inside the module (see ``input_range`` and ``preprocessing``).
 * :class:`NormalisedVGGEncoder` - the "normalised VGG-19" of AdaIN (Huang and Belongie, ICCV
@@ -12,11 +12,14 @@ Two networks live here, each loading its published weight file as it is:
   (``net.py``'s ``vgg`` Sequential: keys ``0.weight``, ``2.weight``, ``5.weight``, ...). Its first
   layer is a 1x1 convolution that folds the Caffe preprocessing into the weights, so it takes RGB
   images in [0, 1] and pads with reflection.
+* :class:`VGG16Features` - VGG-16's convolutional part in torchvision's layout, the same module as
+  :class:`VGG19Features` with VGG-16's blocks: MUNIT's domain-invariant perceptual loss (relu5_3).
 
 Weight files are never downloaded. :func:`load_vgg19` looks in the path the user gives, then in
 torchvision's cache (``torch.hub.get_dir()/checkpoints/vgg19-dcbb9e9d.pth``, which follows
-``$TORCH_HOME``); :func:`load_adain_encoder` in the given path, then ``models/vgg_normalised.pth``
-(the reference's default, in the working directory) and the torch hub checkpoint folder. A missing file raises
+``$TORCH_HOME``), :func:`load_vgg16` likewise for ``vgg16-397923af.pth``;
+:func:`load_adain_encoder` in the given path, then ``models/vgg_normalised.pth`` (the reference's
+default, in the working directory) and the torch hub checkpoint folder. A missing file raises
 :class:`WeightsNotFoundError`, naming the file, every place searched, and where to get it.
 """
 
@@ -26,7 +29,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -36,16 +39,21 @@ __all__ = [
     "ADAIN_RELEASE_URL",
     "ADAIN_VGG_FILE",
     "CAFFE_VGG19_URL",
+    "TORCHVISION_VGG16_FILE",
+    "TORCHVISION_VGG16_URL",
     "TORCHVISION_VGG19_FILE",
     "TORCHVISION_VGG19_URL",
+    "VGG16_LAYER_NAMES",
     "VGG19_LAYER_NAMES",
     "NormalisedVGGEncoder",
+    "VGG16Features",
     "VGG19Features",
     "WeightsNotFoundError",
     "adain_vgg_sequential",
     "find_weights",
     "load_adain_encoder",
     "load_state_dict_file",
+    "load_vgg16",
     "load_vgg19",
     "torch_hub_checkpoint_dir",
 ]
@@ -70,9 +78,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-def _vgg19_layer_names() -> tuple[str, ...]:
+def _vgg_layer_names(blocks: tuple[tuple[int, int], ...] = _VGG19_BLOCKS) -> tuple[str, ...]:
     names: list[str] = []
-    for block, (_, convs) in enumerate(_VGG19_BLOCKS, start=1):
+    for block, (_, convs) in enumerate(blocks, start=1):
         for conv in range(1, convs + 1):
             names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
         names.append(f"pool{block}")
@@ -80,8 +88,7 @@ def _vgg19_layer_names() -> tuple[str, ...]:
 
 
 #: The names of ``VGG19Features.features[i]``: index i of torchvision's ``vgg19().features``.
-VGG19_LAYER_NAMES: tuple[str, ...] = _vgg19_layer_names()
-_VGG19_INDEX = {name: i for i, name in enumerate(VGG19_LAYER_NAMES)}
+VGG19_LAYER_NAMES: tuple[str, ...] = _vgg_layer_names()
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -175,6 +182,11 @@ class VGG19Features(nn.Module):
     The ReLUs are not in-place, so a returned activation is never overwritten by a later layer.
     """
 
+    #: the architecture: convolutions per block, the layer names, the name in messages
+    blocks: ClassVar[tuple[tuple[int, int], ...]] = _VGG19_BLOCKS
+    layer_names: ClassVar[tuple[str, ...]] = VGG19_LAYER_NAMES
+    arch: ClassVar[str] = "VGG-19"
+
     def __init__(
         self,
         input_range: tuple[float, float] = (0.0, 1.0),
@@ -191,7 +203,7 @@ class VGG19Features(nn.Module):
         self.pooling = pooling
         layers: list[nn.Module] = []
         in_channels = 3
-        for out_channels, convs in _VGG19_BLOCKS:
+        for out_channels, convs in self.blocks:
             for _ in range(convs):
                 layers += [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.ReLU()]
                 in_channels = out_channels
@@ -215,10 +227,11 @@ class VGG19Features(nn.Module):
     def forward(self, image: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
         if isinstance(layers, str):
             layers = (layers,)
-        unknown = [name for name in layers if name not in _VGG19_INDEX]
+        index = {name: i for i, name in enumerate(self.layer_names)}
+        unknown = [name for name in layers if name not in index]
         if unknown:
-            raise KeyError(f"unknown VGG-19 layer(s) {unknown}; known: {', '.join(VGG19_LAYER_NAMES)}")
-        wanted = {_VGG19_INDEX[name]: name for name in layers}
+            raise KeyError(f"unknown {self.arch} layer(s) {unknown}; known: {', '.join(self.layer_names)}")
+        wanted = {index[name]: name for name in layers}
         deepest = max(wanted)
         outputs: dict[str, Tensor] = {}
         x = self.preprocess(image)
@@ -231,8 +244,9 @@ class VGG19Features(nn.Module):
         return outputs
 
     def load_vgg_state_dict(self, state: Mapping[str, Tensor], source: str = "state dict") -> None:
-        """Load torchvision's VGG-19 state dict (``features.N.*``; the ``classifier.*`` keys are
-        ignored) or a bare ``features`` Sequential's (``N.*``). Shapes are checked strictly."""
+        """Load torchvision's VGG-19 (VGG-16 for :class:`VGG16Features`) state dict
+        (``features.N.*``; the ``classifier.*`` keys are ignored) or a bare ``features``
+        Sequential's (``N.*``). Shapes are checked strictly."""
         features = {k: v for k, v in state.items() if k.startswith("features.")}
         if not features and all(re.fullmatch(r"\d+\.(weight|bias)", k) for k in state):
             features = {f"features.{k}": v for k, v in state.items()}
@@ -246,13 +260,13 @@ class VGG19Features(nn.Module):
                 )
             got = "missing" if first is None else f"has shape {tuple(first.shape)}"
             raise ValueError(
-                f"{source}: not a VGG-19 in torchvision's layout (its first convolution weight, "
+                f"{source}: not a {self.arch} in torchvision's layout (its first convolution weight, "
                 f"features.0.weight, is expected of shape (64, 3, 3, 3) and {got}).{hint}"
             )
         try:
             self.load_state_dict(features, strict=True)
         except RuntimeError as error:
-            raise ValueError(f"{source}: does not fit VGG-19's layout: {error}") from None
+            raise ValueError(f"{source}: does not fit {self.arch}'s layout: {error}") from None
 
 
 def load_vgg19(
@@ -277,6 +291,56 @@ def load_vgg19(
         f"{torch_hub_checkpoint_dir()} (torchvision's cache; set $TORCH_HOME to move it).",
     )
     model = VGG19Features(input_range=input_range, preprocessing=preprocessing, pooling=pooling)
+    model.load_vgg_state_dict(load_state_dict_file(path), source=str(path))
+    model.requires_grad_(False).eval()
+    return model.to(device) if device is not None else model
+
+
+# ---------------------------------------------------------------------------------------------
+# VGG-16, torchvision layout (MUNIT's domain-invariant perceptual loss)
+# ---------------------------------------------------------------------------------------------
+
+#: torchvision's file name for ``VGG16_Weights.IMAGENET1K_V1`` and where it is published.
+TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
+TORCHVISION_VGG16_URL = f"https://download.pytorch.org/models/{TORCHVISION_VGG16_FILE}"
+
+# VGG-16 ("configuration D"): three convolutions in each of the last three blocks.
+_VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+#: The names of ``VGG16Features.features[i]``: index i of torchvision's ``vgg16().features``
+#: (relu5_3, MUNIT's perceptual layer, is index 29).
+VGG16_LAYER_NAMES: tuple[str, ...] = _vgg_layer_names(_VGG16_BLOCKS)
+
+
+class VGG16Features(VGG19Features):
+    """The 31 layers of VGG-16's ``features`` (13 convolutions, ReLUs, 5 pools), torchvision layout
+    (``features.0.weight`` ... ``features.28.bias``); otherwise exactly :class:`VGG19Features`
+    (layer names, ``input_range``, ``preprocessing``, ``pooling``, stopping at the deepest layer)."""
+
+    blocks = _VGG16_BLOCKS
+    layer_names = VGG16_LAYER_NAMES
+    arch = "VGG-16"
+
+
+def load_vgg16(
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    input_range: tuple[float, float] = (0.0, 1.0),
+    preprocessing: Literal["imagenet", "caffe"] = "imagenet",
+    device: torch.device | str | None = None,
+) -> VGG16Features:
+    """VGG-16 features with ImageNet weights, frozen (no gradients) and in eval mode: ``weights``
+    if given, else torchvision's cached ``vgg16-397923af.pth`` in :func:`torch_hub_checkpoint_dir`
+    (the same lookup as :func:`load_vgg19`). Raises :class:`WeightsNotFoundError` otherwise."""
+    path = find_weights(
+        weights,
+        [torch_hub_checkpoint_dir() / TORCHVISION_VGG16_FILE],
+        "VGG-16 ImageNet weights (torchvision layout)",
+        f"The file is torchvision's VGG16_Weights.IMAGENET1K_V1, published at {TORCHVISION_VGG16_URL}; "
+        f"download it yourself and pass its path (--set vgg_weights=FILE), or put it in "
+        f"{torch_hub_checkpoint_dir()} (torchvision's cache; set $TORCH_HOME to move it).",
+    )
+    model = VGG16Features(input_range=input_range, preprocessing=preprocessing)
     model.load_vgg_state_dict(load_state_dict_file(path), source=str(path))
     model.requires_grad_(False).eval()
     return model.to(device) if device is not None else model

@@ -368,7 +368,7 @@ class AdaINTraining(Method):
         shape = (batch_size, 3, image_size, image_size)
         return {"content": torch.rand(shape, generator=generator) * 2 - 1, "style": torch.rand(shape, generator=generator) * 2 - 1}
 
-    def visuals(self, batch: Mapping[str, Any], carry: Mapping[str, Any]) -> dict[str, Tensor]:
+    def visuals(self, batch: Mapping[str, Any], carry: Mapping[str, Any], nets: Mapping[str, nn.Module] | None = None) -> dict[str, Tensor]:
         out = {"content": batch["content"], "style": batch["style"]}
         if "stylized" in carry:
             out["stylized"] = carry["stylized"].clamp(0, 1) * 2 - 1
