@@ -34,3 +34,23 @@ def demo_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "gan_style_cache"
     monkeypatch.setenv("GAN_STYLE_CACHE", str(cache))
     return cache
+
+
+def assert_golden_close(out: torch.Tensor, ref: torch.Tensor, name: str) -> float:
+    """The golden README's bound: max|out - ref| <= 1e-4 * min(1, max|ref|) (scaled down for
+    outputs smaller than 1, where an absolute bound would accept zeros). Returns the error."""
+    out = out.reshape(ref.shape) if out.numel() == ref.numel() else out
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    error = (out - ref).abs().max().item()
+    bound = 1e-4 * min(1.0, ref.abs().max().item())
+    assert error <= bound, f"{name}: max abs error {error:.3g} > {bound:.3g}"
+    return error
+
+
+class Streams(dict):
+    """The engine's named random streams as a phase sees them (a fresh seeded generator per
+    name), for calling a method's phases by hand."""
+
+    def __missing__(self, name: str) -> torch.Generator:
+        self[name] = stream = torch.Generator().manual_seed(0)
+        return stream

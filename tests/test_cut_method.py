@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import GOLDEN, require_shared
+from conftest import GOLDEN, Streams, require_shared
 from gan_style.cli import main as cli_main
 from gan_style.data.sharding import batch_group, shard_batches
 from gan_style.data.single_image import SingleImageDataConfig, SingleImageDataset
@@ -28,12 +28,6 @@ CUT_GOLDEN = GOLDEN / "cut"
 TINY_CUT = {"ngf": 8, "ndf": 8, "num_patches": 32}
 
 
-class Streams(dict):
-    """The engine's named random streams, as a phase sees them (a fresh seeded generator per name)."""
-
-    def __missing__(self, name):
-        self[name] = stream = torch.Generator().manual_seed(0)
-        return stream
 
 
 def tiny(method_cls, preset=None, **overrides):

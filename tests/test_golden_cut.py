@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SHARED
+from conftest import assert_golden_close as assert_close
 from gan_style.hub import cut_family, import_reference_checkpoint, import_reference_state_dict, pix2pix_family
 from gan_style.hub.errors import LayoutMismatch
 from gan_style.losses.patchnce import multilayer_patch_nce_loss, patch_nce_loss
@@ -41,13 +42,6 @@ def cases() -> dict[str, torch.Tensor]:
     return torch.load(GOLDEN / "cases.pt", weights_only=True)
 
 
-def assert_close(out: torch.Tensor, ref: torch.Tensor, name: str) -> float:
-    """The golden README's bound: max|out - ref| <= 1e-4 * min(1, max|ref|)."""
-    out = out.reshape(ref.shape)
-    error = (out - ref).abs().max().item()
-    bound = 1e-4 * min(1.0, ref.abs().max().item())
-    assert error <= bound, f"{name}: max abs error {error:.3g} > {bound:.3g}"
-    return error
 
 
 # -- CUT / FastCUT ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import GOLDEN, require_shared
+from conftest import assert_golden_close as assert_close
 from gan_style.engine.checkpoint import read_weights
 from gan_style.hub.errors import LayoutMismatch
 from gan_style.hub.munit import import_munit_checkpoint, is_munit_discriminator_state, is_munit_generator_state
@@ -66,13 +67,6 @@ def nets() -> dict:
     return import_munit_checkpoint(MUNIT / "gen_00000001.pt", MUNIT / "dis_00000001.pt")
 
 
-def assert_close(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
-    """The golden README's bound: max|out - ref| <= 1e-4 * min(1, max|ref|) (relative for the
-    discriminator's tiny outputs, ~1e-5..2.5e-4, where an absolute 1e-4 would accept zeros)."""
-    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} vs {tuple(ref.shape)}"
-    error = (out - ref).abs().max().item()
-    bound = 1e-4 * min(1.0, ref.abs().max().item())
-    assert error <= bound, f"{name}: max abs error {error:.3g} > {bound:.3g}"
 
 
 def test_every_case_is_checked(cases):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN, require_shared
+from conftest import assert_golden_close as assert_close
 from gan_style.engine.checkpoint import read_weights
 from gan_style.hub.errors import LayoutMismatch
 from gan_style.hub.swapae import (
@@ -40,13 +41,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def assert_close(out: torch.Tensor, ref: torch.Tensor, name: str) -> float:
-    """The golden README's bound: max|out - ref| <= 1e-4 * min(1, max|ref|)."""
-    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    error = (out - ref).abs().max().item()
-    bound = 1e-4 * min(1.0, ref.abs().max().item())
-    assert error <= bound, f"{name}: max abs error {error:.3g} > {bound:.3g}"
-    return error
 
 
 @pytest.fixture(scope="module")

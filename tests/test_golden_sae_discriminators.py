@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import GOLDEN, require_shared
+from conftest import assert_golden_close as assert_close
 from gan_style.nn.layers import count_parameters
 from gan_style.nn.swapae_discriminators import (
     PatchCooccurrenceDiscriminator,
@@ -46,13 +47,6 @@ def synthetic_state_dict(entries: list[dict], prefix: str) -> dict[str, torch.Te
     return sd
 
 
-def assert_close(out: torch.Tensor, ref: torch.Tensor, name: str) -> float:
-    """The golden README's bound: max|out - ref| <= 1e-4 * min(1, max|ref|)."""
-    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    error = (out - ref).abs().max().item()
-    bound = 1e-4 * min(1.0, ref.abs().max().item())
-    assert error <= bound, f"{name}: max abs error {error:.3g} > {bound:.3g}"
-    return error
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 import gan_style
-from conftest import GOLDEN, require_shared
+from conftest import GOLDEN, Streams, require_shared
 from gan_style.cli import main as cli_main
 from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.engine.trainer import Trainer
 from gan_style.methods.munit import MUNIT, MUNITAutoEncoder, config_overrides_from_specs, decode_batched, random_style, random_styles
 from gan_style.nn.generators import GeneratorSpec, build_generator
 from gan_style.nn.munit_networks import MUNITGenerator, MUNITGeneratorSpec
-
-
-class Streams(dict):
-    def __missing__(self, name):
-        self[name] = stream = torch.Generator().manual_seed(0)
-        return stream
 
 
 @pytest.fixture(autouse=True)

@@ -12,16 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import gan_style
+from conftest import Streams
 from gan_style.cli import main as cli_main
 from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.engine.trainer import Trainer
 from gan_style.methods.swapae import SwapAE, swap_pairs
-
-
-class Streams(dict):
-    def __missing__(self, name):
-        self[name] = stream = torch.Generator().manual_seed(0)
-        return stream
 
 
 @pytest.fixture(autouse=True)
