@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from gan_style.engine.contract import Translator
+from gan_style.engine.contract import Method, Translator
 from gan_style.errors import UserError
 
 __all__ = ["Model", "load"]
@@ -119,8 +119,7 @@ class Model:
         return translator.bind(**bound), translator
 
     def _as_tensor(self, image: Image.Image | Tensor) -> Tensor:
-        from gan_style.data.images import _to_rgb as to_rgb
-        from gan_style.data.images import pil_to_tensor
+        from gan_style.data.images import pil_to_tensor, to_rgb
 
         if isinstance(image, Tensor):
             return (image if image.ndim == 4 else image[None]).to(self.device, torch.float32)
@@ -188,10 +187,9 @@ def _from_training_checkpoint(path: Path, state: Mapping[str, Any], device: torc
         if weights is None:
             raise CheckpointError(f"{path} has no weights for network {name!r}; it was saved by another configuration")
         net.load_state_dict(weights)
-        net.requires_grad_(False).eval().to(device)
     step = state["progress"]["step"]
     description = f"{state['method']} checkpoint {path} (step {step}{', EMA weights' if averages else ''})"
-    return Model(state["method"], networks, method.translator, method_cls.directions, description, device, step, bool(averages), method.functions(networks))
+    return _ready_model(method, networks, device, description, step=step, averaged=bool(averages))
 
 
 def _official_model(path: Path, state: Any) -> tuple[str, dict[str, Any], dict[str, nn.Module]] | None:
@@ -203,12 +201,10 @@ def _official_model(path: Path, state: Any) -> tuple[str, dict[str, Any], dict[s
     if not isinstance(state, Mapping):
         return None
     if swapae_files.is_swapae_state(state):
+        from gan_style.methods.swapae import config_overrides_from_options
+
         networks, options = swapae_files.import_swapae_checkpoint(state)
-        crop = options.pop("crop_size", None)
-        overrides = {k: v for k, v in options.items() if k not in ("num_discriminator_iters", "fixed_noise")}
-        if crop is not None:
-            overrides["data"] = {"load_size": crop, "crop_size": crop}
-        return "swapae", overrides, networks
+        return "swapae", config_overrides_from_options(options), networks
     if munit_files.is_munit_generator_state(state):
         from gan_style.methods.munit import config_overrides_from_specs
 
@@ -225,7 +221,12 @@ def _model_of(method_name: str, overrides: Mapping[str, Any], networks: dict[str
     from gan_style.methods import get_method
 
     method_cls = get_method(method_name)
-    method = method_cls(config_from_overrides(method_cls, None, overrides))
+    return _ready_model(method_cls(config_from_overrides(method_cls, None, overrides)), networks, device, description)
+
+
+def _ready_model(method: Method, networks: dict[str, nn.Module], device: torch.device, description: str, **progress: Any) -> Model:
+    """``networks`` frozen, in eval mode and on ``device``, with ``method``'s translators and functions."""
     for net in networks.values():
         net.requires_grad_(False).eval().to(device)
-    return Model(method_name, networks, method.translator, method_cls.directions, description, device, functions=method.functions(networks))
+    return Model(method.name, networks, method.translator, method.directions, description, device,
+                 functions=method.functions(networks), **progress)

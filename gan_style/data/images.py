@@ -39,7 +39,7 @@ ALPHA_BACKGROUND = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"LA", "La", "RGBA", "RGBa", "PA"})
-# Modes Image.reduce handles and whose box average means the same after _to_rgb.
+# Modes Image.reduce handles and whose box average means the same after to_rgb.
 _REDUCIBLE_MODES = frozenset({"L", "RGB", "CMYK", "YCbCr", "I", "F"})
 
 
@@ -206,7 +206,7 @@ def load_rgb(path: str | os.PathLike[str], min_size: tuple[int, int] | None = No
                 factor = min(image.width // (2 * max(1, min_size[0])), image.height // (2 * max(1, min_size[1])))
             if factor >= 2 and image.mode in _REDUCIBLE_MODES:
                 image, factor = image.reduce(factor), 1  # before the conversion, which copies
-            image = _to_rgb(image)
+            image = to_rgb(image)
             return image.reduce(factor) if factor >= 2 else image
     except Image.DecompressionBombError as error:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
@@ -252,7 +252,7 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to a new 8-bit RGB image (never returns ``img`` itself)."""
     mode = img.mode
     if mode in _SIXTEEN_BIT_MODES:

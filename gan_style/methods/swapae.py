@@ -115,6 +115,16 @@ class SwapAEConfig(MethodConfig):
             raise ValueError(f"data.crop_size ({self.data.crop_size}) must be a multiple of 2^netE_num_downsampling_sp = {2 ** self.netE_num_downsampling_sp}")
 
 
+def config_overrides_from_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``SwapAEConfig`` overrides that rebuild the networks the importer found (the options of
+    ``gan_style.hub.swapae.import_swapae_checkpoint``: the reference's option names, which are
+    ours, plus ``crop_size`` and file bookkeeping)."""
+    overrides = {k: v for k, v in options.items() if k not in ("crop_size", "num_discriminator_iters", "fixed_noise")}
+    if "crop_size" in options:
+        overrides["data"] = {"load_size": options["crop_size"], "crop_size": options["crop_size"]}
+    return overrides
+
+
 def swap_pairs(codes: Tensor) -> Tensor:
     """Exchange the codes of images 2k and 2k + 1."""
     return rearrange(codes, "(n pair) ... -> n pair ...", pair=2).flip(1).flatten(0, 1)

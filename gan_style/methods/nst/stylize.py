@@ -107,14 +107,6 @@ def save_image(image: Tensor, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _mask_labels(paths: Sequence[str], num_styles: int, height: int, width: int) -> Tensor:
     """Which style each content pixel takes, from the --mask images (resized to the content)."""
     import torch
@@ -136,8 +128,9 @@ def _mask_labels(paths: Sequence[str], num_styles: int, height: int, width: int)
 def _run_gatys(args: argparse.Namespace) -> None:
     from gan_style.methods.nst.gatys import GatysConfig, stylize_gatys
     from gan_style.nn.vgg import load_vgg19
+    from gan_style.translate import resolve_device
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     content = load_image(args.content)
     styles = [load_image(p) for p in args.style]
     size = args.size or max(content.shape[-2:])
@@ -171,10 +164,11 @@ def _run_adain(args: argparse.Namespace) -> None:
 
     from gan_style.methods.nst.adain import AdaINStylizer, load_adain_decoder, match_colour, training_checkpoint
     from gan_style.nn.vgg import load_adain_encoder
+    from gan_style.translate import resolve_device
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     content = load_image(args.content, args.size)
     style_size = args.style_size if args.style_size is not None else args.size
     styles = [load_image(p, style_size) for p in args.style]
@@ -267,8 +261,9 @@ def benchmark(
     from gan_style.methods.nst.adain import AdaINDecoder, AdaINStylizer
     from gan_style.methods.nst.gatys import GatysConfig, stylize_gatys
     from gan_style.nn.vgg import NormalisedVGGEncoder, VGG19Features
+    from gan_style.translate import resolve_device
 
-    device = _device("auto")
+    device = resolve_device("auto")
     torch.manual_seed(0)
     vgg = VGG19Features()
     for module in vgg.modules():
