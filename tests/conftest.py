@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from browser import browser  # noqa: F401  (the headless Chromium fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GAN_STYLE_SHARED", REPO.parent / "shared"))
