@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
@@ -320,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands `download ...` to gan_style.data.download.main.
     sub.add_parser("download", help="download a public CycleGAN dataset (gan-style download NAME [--dest DIR])")
 
+    # Commands whose code lives beside what they use: each module has add_arguments(parser) and
+    # run(args), and imports its heavy dependencies (onnx, the ASGI stack ...) only in run.
+    for name, module_name, summary in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module_name.startswith(error.name):
+                continue  # not part of this installation
+            raise
+        command = sub.add_parser(name, help=summary)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
+
     try:
         from gan_style.methods.nst import stylize
     except ImportError:  # the style-transfer baselines are optional at import time
@@ -330,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         style.set_defaults(func=stylize.run)
     return parser
 
+
+_COMMAND_MODULES = (
+    ("eval", "gan_style.evaluation.eval_command", "metrics of a model's translations (FID, KID, SWD, SSIM, content/style, LPIPS diversity, speed)"),
+    ("compare", "gan_style.evaluation.compare_command", "run several models on the same photos: an HTML report, a preference study and its tally"),
+    ("export", "gan_style.export", "export a generator to ONNX, TorchScript or a safetensors folder"),
+    ("serve", "gan_style.serve.command", "a local web page (and HTTP API) that translates uploaded photos"),
+)
 
 DEBUG_ENV = "GAN_STYLE_DEBUG"
 
