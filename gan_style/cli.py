@@ -147,6 +147,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
             fit=args.fit,
             tile=args.tile,
             tile_overlap=args.tile_overlap,
+            tile_mode=args.tile_mode,
             batch_size=args.batch_size,
             input_root=input_root,
             device=device,
@@ -276,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--output", required=True, help="output folder (PNG files)")
     translate.add_argument("--fit", choices=("pad", "resize"), default="pad", help="pad: exact input size (default); resize: the reference's multiple-of-4 resize")
     translate.add_argument("--tile", type=int, default=None, metavar="PX", help="translate in overlapping tiles of PX pixels (bounded memory for huge images)")
-    translate.add_argument("--tile-overlap", type=int, default=64, metavar="PX", help="overlap between tiles, blended linearly (default 64)")
+    translate.add_argument("--tile-overlap", type=int, default=64, metavar="PX", help="per-tile mode: overlap between tiles, blended linearly (default 64)")
+    translate.add_argument("--tile-mode", choices=("exact", "per-tile"), default="exact",
+                           help="exact: the whole-image result, normalisation statistics gathered over the whole image (default); "
+                                "per-tile: each tile normalised on its own, seams blended (faster, tones differ)")
     translate.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images only; default 1)")
     translate.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="which generator of a two-way method")
     translate.add_argument("--with", dest="with_inputs", action="append", metavar="NAME=VALUE",

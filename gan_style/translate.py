@@ -9,12 +9,19 @@ ResNet generators, 128 / 256 for the U-Nets). Two ways to fit an arbitrary image
   to the nearest multiple of 4 with Python's ``round`` (half to even) and the image is resized
   with PIL bicubic if that changed its size; the output keeps the rounded size.
 
-``tile`` translates a large image in overlapping tiles whose outputs are blended with linear
-ramps over the overlap, so memory stays bounded whatever the image size (a 3840x2160 photo with
-512 px tiles needs well under 2 GB; see README). For networks of local operations the tiled result
-equals the whole-image one wherever the discarded quarter of the overlap covers the receptive
-field. Instance norm normalises each tile with its own statistics, so use tiles as large as memory
-allows: the larger the tile, the closer to a whole-image pass.
+``tile`` translates a large image in tiles of about that many pixels, so memory stays bounded
+whatever the image size. Two modes (``tile_mode``):
+
+* ``exact`` (default): :mod:`gan_style.tiling` runs the network layer by layer over the image,
+  each region from the exact region of its input it needs, and gives every instance norm / layer
+  norm / AdaIN the statistics of the whole image, gathered tile by tile. The result is the
+  whole-image result (up to float32 rounding). For the CycleGAN / CUT / FastCUT generators
+  (any network of the layers it knows), MUNIT and AdaIN; other models fall back to ``per-tile``
+  with a warning. See docs/tiling.md for its cost.
+* ``per-tile``: each tile is translated on its own and the outputs are blended with linear ramps
+  over the overlap. For networks of local operations that equals the whole-image result wherever
+  the discarded quarter of the overlap covers the receptive field; instance norm normalises each
+  tile with its own statistics, so tiles take different tones.
 
 Data is never lost: an output folder that is (or is inside) the input folder is refused, and
 inputs that would share an output name are all kept (see :func:`plan_outputs`). A bad input (an
@@ -31,6 +38,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +59,7 @@ from gan_style.data.images import (
 from gan_style.errors import UserError
 
 FIT_MODES = ("pad", "resize")
+TILE_MODES = ("exact", "per-tile")
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +74,38 @@ class ImageTranslator:
 
     ``min_side``: the smallest (padded) side the network runs on; ``None`` until
     :func:`translate_images` first meets an image small enough to need it, and probes.
+    ``program``: builds the translation as :mod:`gan_style.tiling` operations, for exact tiles
+    (default: the network itself when it is an ``nn.Module`` the tiler knows); ``exact_error``:
+    why there is none (then tiles are normalised on their own).
     """
 
     network: Callable[[Tensor], Tensor]
     size_multiple: int
     description: str
     min_side: int | None = None
+    program: Callable[[], list[Any]] | None = None
+    exact_error: str | None = None
+    program_factory: Callable[[], Callable[[], list[Any]]] | None = None  # makes ``program`` on first use
+
+    def exact_program(self) -> Callable[[], list[Any]] | None:
+        """The builder of the exact tiled program, or None (and ``exact_error`` says why)."""
+        from gan_style import tiling
+
+        if self.program is None and self.exact_error is None:
+            if self.program_factory is not None:
+                try:
+                    self.program = self.program_factory()
+                except tiling.Unsupported as error:
+                    self.exact_error = str(error)
+            elif isinstance(self.network, torch.nn.Module):
+                try:
+                    tiling.lower(self.network)
+                    self.program = partial(tiling.lower, self.network)
+                except tiling.Unsupported as error:
+                    self.exact_error = str(error)
+            else:
+                self.exact_error = "its translation is not one network"
+        return self.program
 
 
 def load_translator(
@@ -101,11 +136,14 @@ def load_translators(
             if name not in accepted:
                 takes = f"takes only {', '.join(accepted)}" if accepted else "takes no inputs besides the image"
                 raise UserError(f"{flag}: {model.description} has no {name!r} input ({takes}); {flag} is for models with styles, such as MUNIT")
+    from gan_style import tiling
+
     translators = []
     for inputs in variants:
         bound = {name: load_rgb(value) if isinstance(value, (str, Path)) else value for name, value in inputs.items()}
         function, translator = model.bind(direction, **bound)
-        translators.append(ImageTranslator(function, translator.size_multiple, f"{model.description}, {direction}"))
+        translators.append(ImageTranslator(function, translator.size_multiple, f"{model.description}, {direction}",
+                                           program_factory=partial(tiling.program_of, model, direction, bound)))
     return translators
 
 
@@ -202,6 +240,18 @@ def run_tiled(
     return (out / weight_sum)[..., :height, :width]
 
 
+def run_tiled_exact(
+    build: Callable[[], list[Any]], x: Tensor, multiple: int, tile: int, min_side: int | None = None, memory_budget: int | None = None
+) -> Tensor:
+    """The whole-image result of the program ``build`` makes, on ``x`` (B, C, H, W) padded as
+    :func:`run_padded` pads it, computed in tiles of about ``tile`` pixels (:mod:`gan_style.tiling`)."""
+    from gan_style import tiling
+
+    padded, (height, width) = _pad_to_multiple(x, multiple, min_side)
+    budget = tiling.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    return tiling.run_exact(build, padded, tile, budget)[..., :height, :width].float().cpu()
+
+
 def collect_inputs(source: str | Path) -> list[Path]:
     path = Path(source)
     if not path.exists():
@@ -239,11 +289,14 @@ def check_options(
     max_pixels: int | None = None,
     fit: str = "pad",
     size_multiple: int | None = None,
+    tile_mode: str = "exact",
 ) -> None:
     """Raise :class:`UserError` naming the first bad option. ``size_multiple``, once the network
     is known, also checks that a tile holds at least one multiple."""
     if fit not in FIT_MODES:
         raise UserError(f"--fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
+    if tile_mode not in TILE_MODES:
+        raise UserError(f"--tile-mode must be one of {', '.join(TILE_MODES)}, got {tile_mode!r}")
     if tile is not None and tile < 1:
         raise UserError(f"--tile must be a positive number of pixels, e.g. --tile {SUGGESTED_TILE}; got {tile}")
     if tile is not None and size_multiple is not None and tile < size_multiple:
@@ -364,6 +417,7 @@ def translate_images(
     max_pixels: int | None = None,
     report: Callable[[str], None] | None = None,
     suffix: str = "",
+    tile_mode: str = "exact",
 ) -> list[Path]:
     """Translate every input image and write a PNG per input into ``output_dir`` (sub-folders of
     ``input_root`` are kept; names as :func:`plan_outputs`). Returns the written paths.
@@ -374,8 +428,10 @@ def translate_images(
     reported too. ``max_pixels``: the decoder's pixel limit for this call (0: none; default:
     PIL's, lifted when tiling, whose memory does not grow with the image). ``suffix`` goes into
     every output name before ``.png`` (MUNIT's ``--num-styles``: ``a_style0.png``, ``a_style1.png`` ...).
+    ``tile_mode``: ``exact`` (whole-image statistics; falls back to ``per-tile`` with a warning for
+    networks the tiler does not know) or ``per-tile`` (see the module docstring).
     """
-    check_options(tile, tile_overlap, batch_size, max_pixels, fit, translator.size_multiple)
+    check_options(tile, tile_overlap, batch_size, max_pixels, fit, translator.size_multiple, tile_mode)
     say = report if report is not None else logger.warning
     output_dir = Path(output_dir)
     inputs = list(inputs)
@@ -388,6 +444,10 @@ def translate_images(
     multiple = translator.size_multiple
     net = translator.network
     written: list[Path] = []
+    program = translator.exact_program() if tile and tile_mode == "exact" else None
+    if tile and tile_mode == "exact" and program is None:
+        say(f"--tile: {translator.description} cannot be tiled exactly ({translator.exact_error}); "
+            "each tile is normalised on its own (--tile-mode per-tile), so tiles may differ in tone")
 
     def fail(src: Path, error: UserError) -> None:
         if strict:
@@ -428,7 +488,9 @@ def translate_images(
         least = min_side_for(group[0][1])
         try:
             batch = torch.stack([t for _, t in group]).to(device)
-            if tile:
+            if tile and program is not None:
+                outputs = run_tiled_exact(program, batch, multiple, tile, least)
+            elif tile:
                 outputs = torch.cat([run_tiled(net, image[None], multiple, tile, tile_overlap, least) for image in batch])
             else:
                 outputs = run_padded(net, batch, multiple, least).float().cpu()
