@@ -69,31 +69,61 @@ class Model:
         return tuple(spec.name for spec in self.translator(direction).inputs)
 
     @overload
-    def translate(self, images: Image.Image, direction: str = ..., **inputs: Any) -> Image.Image: ...
+    def translate(self, images: Image.Image, direction: str = ..., *, tile: int | None = ..., tile_overlap: int = ...,
+                  tile_mode: str = ..., **inputs: Any) -> Image.Image: ...
     @overload
-    def translate(self, images: Sequence[Image.Image], direction: str = ..., **inputs: Any) -> list[Image.Image]: ...
+    def translate(self, images: Sequence[Image.Image], direction: str = ..., *, tile: int | None = ..., tile_overlap: int = ...,
+                  tile_mode: str = ..., **inputs: Any) -> list[Image.Image]: ...
     @overload
-    def translate(self, images: Tensor, direction: str = ..., **inputs: Any) -> Tensor: ...
+    def translate(self, images: Tensor, direction: str = ..., *, tile: int | None = ..., tile_overlap: int = ...,
+                  tile_mode: str = ..., **inputs: Any) -> Tensor: ...
 
-    def translate(self, images, direction="AtoB", **inputs):
+    def translate(self, images, direction="AtoB", *, tile=None, tile_overlap=64, tile_mode="exact", **inputs):
         """Translate a PIL image, a list of them, or a float tensor (B, 3, H, W) in [-1, 1]; the
         result is of the same kind and size. Images of any size are padded to the network's size
         multiple and cropped back. Extra keyword inputs (see ``inputs()``) may be PIL images or
-        tensors where an image is expected."""
-        from gan_style.translate import probe_min_side, run_padded
+        tensors where an image is expected.
+
+        ``tile``: translate in tiles of about that many pixels, so that memory does not grow with
+        the image. ``tile_mode="exact"`` (default) gives the whole-image result: every
+        normalisation layer gets the statistics of the whole image, gathered tile by tile (see
+        ``gan_style.tiling``); a model the tiler does not know falls back, with a warning, to
+        ``"per-tile"``: each tile on its own, blended with linear ramps over ``tile_overlap``
+        pixels (instance norm then takes each tile's own statistics)."""
+        import logging
+
+        from gan_style import tiling
+        from gan_style.translate import check_options, probe_min_side, run_padded, run_tiled, run_tiled_exact
 
         function, translator = self.bind(direction, **inputs)
+        program = None
+        if tile is not None:
+            check_options(tile, tile_overlap, size_multiple=translator.size_multiple, tile_mode=tile_mode)
+            if tile_mode == "exact":
+                try:
+                    program = tiling.program_of(self, direction, inputs)
+                except tiling.Unsupported as error:
+                    logging.getLogger(__name__).warning(
+                        "tile=%d: %s cannot be tiled exactly (%s); each tile is normalised on its own (tile_mode='per-tile')",
+                        tile, self.description, error)
+
+        def whole(x: Tensor, least: int | None) -> Tensor:
+            if program is not None:
+                return run_tiled_exact(program, x, translator.size_multiple, tile, least).to(self.device)
+            if tile is not None:
+                return torch.cat([run_tiled(function, one[None], translator.size_multiple, tile, tile_overlap, least) for one in x]).to(self.device)
+            return run_padded(function, x, translator.size_multiple, least)
 
         def run(x: Tensor) -> Tensor:
             x = x.to(self.device, torch.float32)
             try:
-                out = run_padded(function, x, translator.size_multiple)
+                out = whole(x, None)
             except (RuntimeError, ValueError) as error:
                 if isinstance(error, UserError) or min(x.shape[-2:]) >= 64 * translator.size_multiple:
                     raise
                 # too small for the network: pad to the smallest side it runs on, crop back
                 least = probe_min_side(function, x.shape[1], translator.size_multiple, self.device)
-                out = run_padded(function, x, translator.size_multiple, least)
+                out = whole(x, least)
             return out.clamp(-1, 1)
 
         with torch.inference_mode():
@@ -136,7 +166,8 @@ def load(path: str | Path, device: str | torch.device | None = None, use_ema: bo
     """Load a model for inference.
 
     ``path`` is a run folder (``runs/NAME``: its newest intact checkpoint), a gan_style checkpoint
-    (``.pt``), or an official reference file (``latest_net_G.pth`` of CycleGAN or CUT).
+    (``.pt``), a folder written by ``gan-style export --format safetensors`` (or its
+    ``model.safetensors``), or an official reference file (``latest_net_G.pth`` of CycleGAN or CUT).
     ``device``: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available). ``use_ema``: use the
     weight averages of a run trained with ``train.ema_decay`` (default), else the last weights.
 
@@ -148,6 +179,9 @@ def load(path: str | Path, device: str | torch.device | None = None, use_ema: bo
 
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = Path(path).expanduser()
+    folder = path if path.is_dir() else path.parent
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return _from_safetensors_folder(folder, device)
     if path.is_dir():
         path, state = load_run_checkpoint(path)
     else:
@@ -190,6 +224,48 @@ def _from_training_checkpoint(path: Path, state: Mapping[str, Any], device: torc
     step = state["progress"]["step"]
     description = f"{state['method']} checkpoint {path} (step {step}{', EMA weights' if averages else ''})"
     return _ready_model(method, networks, device, description, step=step, averaged=bool(averages))
+
+
+def _from_safetensors_folder(folder: Path, device: torch.device) -> Model:
+    """A folder of ``gan-style export --format safetensors``: the inference networks' tensors
+    (``model.safetensors``, keys ``NETWORK.PARAM``) and ``config.json`` (method, configuration,
+    step); nothing is unpickled."""
+    import json
+    import warnings
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from gan_style.config import apply_overrides
+    from gan_style.errors import CheckpointError
+    from gan_style.export import CONFIG_FILE, SAFETENSORS_FORMAT, WEIGHTS_FILE
+    from gan_style.methods import get_method
+
+    try:
+        described = json.loads((folder / CONFIG_FILE).read_text())
+        tensors = load_file(str(folder / WEIGHTS_FILE))
+    except (json.JSONDecodeError, SafetensorError, OSError) as error:
+        raise CheckpointError(f"{folder} is not a readable safetensors export ({error}); export it again") from None
+    if not isinstance(described, dict) or described.get("format") != SAFETENSORS_FORMAT:
+        raise CheckpointError(f"{folder / CONFIG_FILE} has no '{SAFETENSORS_FORMAT}' marker: not a gan_style safetensors export")
+    method_cls = get_method(described["method"])
+    config = apply_overrides(method_cls.Config(), described["config"])
+    # The weights come from the folder: AdaIN's encoder must not be read from the files the config names.
+    config = apply_overrides(config, {k: v for k, v in {"vgg_weights": "random", "decoder_weights": ""}.items() if hasattr(config, k)})
+    method = method_cls(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "randomly initialised encoder": its weights are loaded below
+        built = method.build_networks()
+    networks = {name: built[name] for name in described["networks"]}
+    for name, net in networks.items():
+        prefix = f"{name}."
+        try:
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except RuntimeError as error:
+            raise CheckpointError(f"{folder}: the weights of {name!r} do not fit its configuration ({str(error).splitlines()[0]})") from None
+    step = described.get("step")
+    description = f"{described['method']} safetensors export {folder} (step {step}{', EMA weights' if described.get('averaged') else ''})"
+    return _ready_model(method, networks, device, description, step=step, averaged=bool(described.get("averaged")))
 
 
 def _official_model(path: Path, state: Any) -> tuple[str, dict[str, Any], dict[str, nn.Module]] | None:
