@@ -11,6 +11,8 @@ from gan_style.config import ConfigError
 LR_POLICIES = ("linear", "step", "multistep", "cosine", "constant", "inverse", "plateau")
 LR_UNITS = ("epoch", "iteration")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+#: The metrics train.eval_metrics may name: the cheap ones (gan_style.evaluation).
+EVAL_METRICS = ("swd", "ssim", "fid", "kid")
 
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:
@@ -59,6 +61,15 @@ class TrainConfig:
     # inference when present; 0: off, as in the CycleGAN/CUT references.
     ema_decay: float = 0.0
     ema_start_step: int = 0  # before it the average follows the weights
+    # Metrics on held-out images (gan_style.evaluation) every eval_every iterations; 0: off. The
+    # images are the first eval_images items of the dataset's test split (data.phase "test") when
+    # there is one, else of the training set. FID is added when the Inception weights are found
+    # (eval_inception_weights, or torch hub's cache). best.pt follows eval_track.
+    eval_every: int = 0
+    eval_images: int = 16
+    eval_metrics: tuple[str, ...] = ("swd", "ssim")
+    eval_track: str = "swd"  # a key of the results (swd, ssim, fid, kid); ssim is higher-is-better
+    eval_inception_weights: str | None = None
 
     def __post_init__(self) -> None:
         for name, options in (("lr_policy", LR_POLICIES), ("lr_unit", LR_UNITS), ("mixed_precision", MIXED_PRECISION)):
@@ -76,6 +87,12 @@ class TrainConfig:
         _check(_finite(self.lr_inverse_k) and self.lr_inverse_k >= 0, "lr_inverse_k", self.lr_inverse_k, "a finite number >= 0")
         _check(_finite(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "0 (off) or a number in (0, 1), e.g. 0.999")
         _check(self.ema_start_step >= 0, "ema_start_step", self.ema_start_step, ">= 0")
+        _check(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", self.eval_every, "0 (off) or a number of iterations >= 1")
+        _check(isinstance(self.eval_images, int) and self.eval_images >= 2, "eval_images", self.eval_images, "an integer >= 2")
+        _check(len(self.eval_metrics) > 0 and set(self.eval_metrics) <= set(EVAL_METRICS), "eval_metrics", self.eval_metrics,
+               f"a non-empty list from {', '.join(EVAL_METRICS)}")
+        _check(self.eval_track in (*self.eval_metrics, "fid"), "eval_track", self.eval_track,
+               f"one of train.eval_metrics ({', '.join(self.eval_metrics)}) or fid")
         ms = self.lr_milestones
         _check(min(ms, default=1) >= 1 and all(a < b for a, b in pairwise(ms)), "lr_milestones", ms, "strictly increasing integers >= 1")
         if self.lr_policy == "multistep":
