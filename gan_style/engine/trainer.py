@@ -14,6 +14,7 @@ the same losses at step k + 1, k + 2, ... as a run that was never stopped (teste
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import defaultdict
@@ -48,6 +49,10 @@ from gan_style.engine.ema import WeightAverage
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+#: The checkpoint of the best evaluation so far (train.eval_every), beside latest.pt.
+BEST = "best.pt"
 
 
 @dataclass
@@ -134,6 +139,8 @@ class Trainer:
             self.ema = WeightAverage({n: self._raw[n] for n in method.ema_networks}, self.config.ema_decay, self.config.ema_start_step)
         self._writer = None
         self._saved_step: int | None = None
+        self._eval_set: tuple[Tensor, Tensor] | None = None  # (sources, real), built at the first evaluation
+        self._best: dict[str, float] | None = None  # {"value": ..., "step": ...} of the tracked metric
 
     # -- construction helpers ------------------------------------------------------------------
     def _check_optimizer_specs(self) -> None:
@@ -208,6 +215,9 @@ class Trainer:
             if out.losses:  # one backward and one optimiser step per phase that has losses
                 self.accelerator.backward(sum(out.losses.values()))
                 optimizer.step()
+                # the gradients are spent: free them now, not at this optimiser's next phase, so
+                # that the next phase's activations do not sit on top of them
+                optimizer.zero_grad(set_to_none=True)
             carry.update(out.carry)
             progress.phase_runs[phase.name] = progress.phase_runs.get(phase.name, 0) + 1
             ran.add(phase.name)
@@ -278,6 +288,8 @@ class Trainer:
                         self._log_images()
                     if step % cfg.save_every == 0:
                         self.save()
+                    if cfg.eval_every and step % cfg.eval_every == 0:
+                        self.evaluate_and_keep_best()
                     out_of_steps = cfg.max_steps is not None and step >= cfg.max_steps
                     out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
                     if out_of_steps or out_of_time:
@@ -344,6 +356,102 @@ class Trainer:
         samples.mkdir(parents=True, exist_ok=True)
         torchvision.utils.save_image(grid, samples / f"step_{self.progress.step:08d}.png")
 
+    # -- evaluation during training (train.eval_every) -------------------------------------------
+    def _evaluation_set(self) -> tuple[Tensor, Tensor]:
+        """(sources, real) of the first ``train.eval_images`` items of the method's dataset built on
+        its test split (``data.phase = "test"``, flips off) when it has one, else of the training
+        set; taken through the contract (``build_dataset``, items' ``"A"``/``"B"`` images)."""
+        import copy
+
+        from gan_style.config import ConfigError
+
+        if self._eval_set is not None:
+            return self._eval_set
+        cfg, dataset = self.config, None
+        data = getattr(self.method.config, "data", None)
+        if data is not None and hasattr(data, "phase"):
+            config = copy.deepcopy(self.method.config)
+            config.data.phase = "test"
+            if hasattr(config.data, "no_flip"):
+                config.data.no_flip = True
+            try:
+                dataset = type(self.method)(config).build_dataset(cfg.seed, 1)
+            except (ValueError, OSError) as error:  # no test folders: DatasetError is a ValueError
+                log.info("train.eval_every: no test split (%s)", " ".join(str(error).split())[:200])
+        if dataset is None:
+            dataset = self.method.build_dataset(cfg.seed, 1)
+            log.warning("train.eval_every: the dataset has no test split; evaluating on %d training images (not held out)", cfg.eval_images)
+        items = [dataset[i] for i in range(min(cfg.eval_images, len(dataset)))]
+        if not all(isinstance(item, Mapping) and isinstance(item.get("A"), Tensor) and isinstance(item.get("B"), Tensor) for item in items):
+            raise ConfigError(f"train.eval_every: {self.method.name}'s data items have no 'A' (source) and 'B' (target) images "
+                              "to evaluate a translation on; set train.eval_every=0")
+        self._eval_set = (torch.stack([item["A"] for item in items]), torch.stack([item["B"] for item in items]))
+        return self._eval_set
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The metrics of ``train.eval_metrics`` (gan_style.evaluation) of the current networks' AtoB
+        translations of the evaluation set, with FID added when the Inception weights are found."""
+        from gan_style.config import ConfigError
+        from gan_style.evaluation import evaluate_images
+        from gan_style.translate import run_padded
+
+        cfg = self.config
+        sources, real = self._evaluation_set()
+        translator = self.method.translator(self._raw, "AtoB")
+        if any(spec.required for spec in translator.inputs):
+            raise ConfigError(f"train.eval_every: {translator.description or self.method.name} needs inputs besides the image; set train.eval_every=0")
+        function = translator.bind()
+        modes = {name: net.training for name, net in self._raw.items()}
+        for net in self._raw.values():
+            net.eval()
+        try:
+            fakes = torch.cat([run_padded(function, sources[i : i + 4].to(self.device).float(), translator.size_multiple).clamp(-1, 1).float().cpu()
+                               for i in range(0, len(sources), 4)])
+        finally:
+            for name, net in self._raw.items():
+                net.train(modes[name])
+        metrics = list(cfg.eval_metrics)
+        if "fid" not in metrics and (cfg.eval_inception_weights is not None or cfg.eval_track == "fid" or self._inception_found()):
+            metrics.append("fid")
+        return evaluate_images(fakes, real, sources, metrics, inception_weights=cfg.eval_inception_weights,
+                               device=self.device, image_size=int(sources.shape[-1]), seed=cfg.seed)
+
+    @staticmethod
+    def _inception_found() -> bool:
+        from gan_style.errors import UserError
+        from gan_style.evaluation.inception import find_inception_weights
+
+        try:
+            find_inception_weights(None)
+            return True
+        except UserError:
+            return False
+
+    def evaluate_and_keep_best(self) -> dict[str, float]:
+        """``evaluate``, log ``eval/<metric>`` and, when the tracked metric improves, save this
+        step and link it as ``checkpoints/best.pt``. Every process evaluates (the same images and
+        weights), so that they agree on saving."""
+        from gan_style.evaluation import HIGHER_IS_BETTER
+
+        results = self.evaluate()
+        step = self.progress.step
+        if self._writer is not None:
+            for key, value in results.items():
+                self._writer.add_scalar(f"eval/{key}", value, step)
+        key = self.config.eval_track
+        value = results[key]
+        sign = -1.0 if key in HIGHER_IS_BETTER else 1.0
+        log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        if self.run_dir is not None and (self._best is None or sign * value < sign * self._best["value"]):
+            self._best = {"value": float(value), "step": float(step)}
+            if self._saved_step != step:
+                self.save()
+            if self.accelerator.is_main_process:
+                ckpt_dir = self.run_dir / "checkpoints"
+                atomic_link(ckpt_dir / snapshot_name(step), ckpt_dir / BEST)
+        return results
+
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -354,6 +462,7 @@ class Trainer:
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "progress": asdict(self.progress),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"eval_best": self._best} if self._best is not None else {}),
             "local": self._local_state(),
         }
 
@@ -415,6 +524,7 @@ class Trainer:
                 self.ema.load_state_dict(state["ema"])
             else:  # a run that starts averaging now
                 self.ema = WeightAverage({n: self._raw[n] for n in self.method.ema_networks}, self.config.ema_decay, self.config.ema_start_step)
+        self._best = state.get("eval_best", self._best)
         self._saved_step = self.progress.step
         local = state["local"]
         rank = self.accelerator.process_index
