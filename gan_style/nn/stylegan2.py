@@ -34,14 +34,52 @@ DEFAULT_BLUR_TAPS = (1, 3, 3, 1)
 
 
 # -- activations ----------------------------------------------------------------------------------
+def _broadcast_bias(bias: Tensor, x: Tensor) -> Tensor:
+    return bias.view(1, -1, *([1] * (x.ndim - 2))) if bias.ndim == 1 else bias
+
+
+class _BiasLeakyReLU(torch.autograd.Function):
+    """leaky_relu(x + b, slope) * gain that keeps only its output for the backward.
+
+    Autograd's composition of the same ops keeps the pre-activation as well, a second full-size
+    tensor per layer; with a positive gain the output's sign is the pre-activation's, so the
+    derivative (gain where positive, gain * slope elsewhere, the slope at 0 as in leaky_relu)
+    follows from the output alone. The output is usually the next convolution's saved input too,
+    so a layer costs one tensor instead of two. The backward is made of differentiable ops (its
+    derivative with respect to the output is zero almost everywhere), so R1's double backward
+    through a discriminator works.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Tensor | None, negative_slope: float, scale: float) -> Tensor:
+        out = x + _broadcast_bias(bias, x) if bias is not None else x.clone()
+        out = F.leaky_relu_(out, negative_slope).mul_(scale)
+        ctx.save_for_backward(out)
+        ctx.negative_slope, ctx.scale = negative_slope, scale
+        ctx.bias_shape = None if bias is None else bias.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        (out,) = ctx.saved_tensors
+        grad_x = torch.where(out > 0, grad * ctx.scale, grad * (ctx.scale * ctx.negative_slope))
+        grad_bias = None
+        if ctx.needs_input_grad[1]:
+            channels_dim = 1 if len(ctx.bias_shape) == 1 else None
+            dims = [d for d in range(grad_x.ndim) if d != channels_dim and (channels_dim is not None or ctx.bias_shape[d] == 1)]
+            grad_bias = grad_x.sum(dims).reshape(ctx.bias_shape)
+        return grad_x, grad_bias, None, None
+
+
 def fused_leaky_relu(x: Tensor, bias: Tensor | None, negative_slope: float = 0.2, scale: float = math.sqrt(2)) -> Tensor:
     """leaky_relu(x + bias, 0.2) * sqrt(2); ``bias`` is broadcast along dim 1 (channels) when it
     is a vector, and added as is otherwise. The sqrt(2) gain keeps the activations' second
-    moment roughly constant (He et al. 2015)."""
+    moment roughly constant (He et al. 2015). When gradients are needed it keeps only its output
+    for the backward (``_BiasLeakyReLU``)."""
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return _BiasLeakyReLU.apply(x, bias, negative_slope, scale)
     if bias is not None:
-        if bias.ndim == 1:
-            bias = bias.view(1, -1, *([1] * (x.ndim - 2)))
-        x = x + bias
+        x = x + _broadcast_bias(bias, x)
     return F.leaky_relu(x, negative_slope) * scale
 
 
@@ -114,7 +152,31 @@ class Blur(nn.Module):
         self.pad = pad
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FixedFilter.apply(x, self.kernel, self.pad)
         return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class _FixedFilter(torch.autograd.Function):
+    """``upfirdn2d(x, kernel, pad=pad)`` with a fixed kernel, keeping nothing for the backward.
+
+    Autograd's depthwise convolution keeps its (padded) input to compute a kernel gradient that
+    a fixed filter never needs: a full-size copy of the activation per blur. The backward here is
+    the filter's adjoint (a transposed depthwise convolution, then the padding undone), built from
+    differentiable ops so that double backward (R1) works.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: Tensor, pad: tuple[int, int]) -> Tensor:
+        ctx.kernel, ctx.pad = kernel, pad
+        return upfirdn2d(x, kernel, pad=pad)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        before, after = ctx.pad
+        weight = torch.flip(ctx.kernel, (0, 1)).to(grad.dtype).expand(grad.shape[1], 1, *ctx.kernel.shape)
+        grad_padded = F.conv_transpose2d(grad, weight, groups=grad.shape[1])
+        return F.pad(grad_padded, (-before, -after, -before, -after)), None, None
 
 
 def downsampling_blur_pad(taps: int, kernel_size: int, factor: int = 2) -> tuple[int, int]:
