@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gan_style.config import parse_set_arguments
 from gan_style.data.images import find_images, load_rgb, pil_to_tensor
 from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.trainer import Trainer
+from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram
 from gan_style.methods.swapae import SwapAE
 
 
@@ -29,44 +31,18 @@ def held_out(folder, count):
     return torch.stack([pil_to_tensor(load_rgb(p).resize((64, 64))) for p in find_images(folder)[:count]])
 
 
-def colour_stats(images):
-    """Per-channel means and standard deviations."""
-    flat = images.flatten(2)
-    return torch.cat([flat.mean(2), flat.std(2)], 1)
-
-
-def local_gram(images):
-    """Gram matrices of a fixed bank of random 5x5 filters: local texture statistics without a
-    pretrained network (none is on this machine)."""
-    bank = torch.randn(16, 3, 5, 5, generator=torch.Generator().manual_seed(0)) / 8
-    features = F.relu(F.conv2d(images, bank)).flatten(2)
-    return torch.einsum("bcn,bdn->bcd", features, features).flatten(1) / features.shape[-1]
-
-
-def edges(images):
-    """Sobel gradient magnitude of the luminance, normalised per image."""
-    luminance = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    sobel = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])
-    gx = F.conv2d(luminance, sobel.view(1, 1, 3, 3))
-    gy = F.conv2d(luminance, sobel.t().reshape(1, 1, 3, 3))
-    magnitude = (gx.square() + gy.square()).sqrt().flatten(1)
-    return (magnitude - magnitude.mean(1, keepdim=True)) / (magnitude.std(1, keepdim=True) + 1e-8)
-
-
-def distance(a, b):
-    return (a - b).norm(dim=1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a folder with trainA/trainB and testA/testB (vangogh2photo)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the demo preset")
     args = parser.parse_args()
     root = Path(args.data)
     config = config_from_overrides(SwapAE, "demo", {
         "data": {"root": str(root), "load_size": 64, "crop_size": 64},
         "train": {"batch_size": 4, "max_steps": args.steps, "log_every": 50, "image_every": 10**9, "save_every": 10**9, "seed": args.seed},
+        **parse_set_arguments(args.set),
     })
     with tempfile.TemporaryDirectory() as run:
         trainer = Trainer(SwapAE(config), Path(run), show_progress=True)
@@ -87,10 +63,13 @@ def main() -> None:
             structure, _ = E(photos)
             _, texture = E(paintings)
             swapped = G(structure, texture, noise=torch.Generator().manual_seed(0)).clamp(-1, 1)
+            reconstructed = G(*E(photos), noise=torch.Generator().manual_seed(0)).clamp(-1, 1)
     print(f"held-out reconstruction L1: {before:.3f} -> {after:.3f} after {args.steps} steps")
     for name, stat in (("colour", colour_stats), ("Gram", local_gram), ("edges", edges)):
         to_texture, to_structure = distance(stat(swapped), stat(paintings)).mean(), distance(stat(swapped), stat(photos)).mean()
-        print(f"swap {name:6s} distance: to the texture image {to_texture:.4f}, to the structure image {to_structure:.4f}")
+        unswapped = distance(stat(reconstructed), stat(paintings)).mean()
+        print(f"swap {name:6s} distance: to the texture image {to_texture:.4f}, to the structure image {to_structure:.4f}"
+              f" (the structure image's reconstruction to the texture image: {unswapped:.4f})")
 
 
 if __name__ == "__main__":
