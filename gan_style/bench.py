@@ -31,6 +31,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: CPU features that decide which low-precision kernels are fast
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU model and its bf16-relevant flags (Linux: /proc/cpuinfo), so that every figure
+    says what it was measured on."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+
 def _significant(x: float, digits: int = 4) -> float:
     # Tiny test networks do ~1e-3 GFLOP per step: fixed decimals would round them to zero.
     return float(f"{x:.{digits}g}")
@@ -124,7 +146,10 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         "threads": torch.get_num_threads(),
         "device": str(trainer.device),
         "mixed_precision": config.train.mixed_precision,
-        "channels_last": config.train.channels_last,
+        "channels_last": trainer.channels_last,  # as chosen (train.channels_last "auto": measured)
+        "kernels": trainer.kernels.describe(),
+        "kernel_timings_ms": trainer.kernels.timings_ms,
+        **cpu_description(),
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
@@ -150,6 +175,8 @@ def format_result(result: Mapping[str, Any], as_json: bool) -> str:
         f"{result['method']} {result['size']}px batch {result['batch_size']}: "
         f"{result['sec_per_iter']:.3f} s/iteration (median of {result['steps']}), "
         f"peak RSS {result['peak_rss_mb']:.0f} MB, {result['threads']} threads on {result['device']}"
+        f" ({result.get('cpu', '?')}; {' '.join(result.get('cpu_flags', [])) or 'no AVX2/AVX-512/AMX'}), "
+        f"{result['mixed_precision'] if result['mixed_precision'] != 'no' else 'fp32'}: {result.get('kernels', '')}"
     )
     if "achieved_gflops" in result:
         line += (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Literal
 
 from gan_style.config import ConfigError
 
@@ -49,8 +50,10 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     mixed_precision: str = "no"
-    # Speed options that leave fp32 numerics unchanged (see README, "Speed").
-    channels_last: bool = True
+    # Speed options that leave fp32 numerics unchanged (see README, "Speed"). channels_last:
+    # true, false, or "auto": the faster layout for the step's dtype on this device, measured at
+    # start (gan_style.engine.kernels), which also picks the norms' precision in bf16/fp16 steps.
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     # Cadence, in iterations (the reference's print_freq, display_freq, save_latest_freq).
     log_every: int = 100
@@ -86,6 +89,7 @@ class TrainConfig:
         _check(_finite(self.lr_gamma) and self.lr_gamma > 0, "lr_gamma", self.lr_gamma, "a finite number > 0")
         _check(_finite(self.lr_inverse_k) and self.lr_inverse_k >= 0, "lr_inverse_k", self.lr_inverse_k, "a finite number >= 0")
         _check(_finite(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "0 (off) or a number in (0, 1), e.g. 0.999")
+        _check(self.channels_last in (True, False, "auto"), "channels_last", self.channels_last, "true, false or auto (measured at start)")
         _check(self.ema_start_step >= 0, "ema_start_step", self.ema_start_step, ">= 0")
         _check(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", self.eval_every, "0 (off) or a number of iterations >= 1")
         _check(isinstance(self.eval_images, int) and self.eval_images >= 2, "eval_images", self.eval_images, "an integer >= 2")

@@ -46,6 +46,7 @@ from gan_style.engine.checkpoint import (
 )
 from gan_style.engine.contract import Method, OptimizerSpec, StepContext
 from gan_style.engine.ema import WeightAverage
+from gan_style.engine.kernels import KernelChoice, choose_kernels, set_norm_precision
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.errors import CheckpointError
@@ -53,6 +54,8 @@ from gan_style.errors import CheckpointError
 log = logging.getLogger(__name__)
 #: The checkpoint of the best evaluation so far (train.eval_every), beside latest.pt.
 BEST = "best.pt"
+#: the dtype of a step's arithmetic per train.mixed_precision
+STEP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -106,11 +109,14 @@ class Trainer:
         # Same seed on every process: identical initial weights (DDP also broadcasts them).
         torch.manual_seed(self.config.seed)
         networks = method.build_networks()
+        self.kernels = self._choose_kernels()
+        self.channels_last = self.kernels.channels_last
         self._raw: dict[str, nn.Module] = {}
         for name, net in networks.items():
             net = net.to(self.device)
-            if self.config.channels_last:
+            if self.channels_last:
                 net = net.to(memory_format=torch.channels_last)
+            set_norm_precision(net, self.kernels.norm_in_float32)
             self._raw[name] = net
         self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}
         self._check_optimizer_specs()
@@ -191,7 +197,7 @@ class Trainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Run the phases due in this iteration on ``batch`` and count the iteration; return the
         detached loss terms and logs, named by phase (``loss/<phase>/<term>``, ``<phase>/<scalar>``)."""
-        batch = _to_device(batch, self.device, self.config.channels_last)
+        batch = _to_device(batch, self.device, self.channels_last)
         progress = self.progress
         factor = self.schedule(progress.step, progress.epoch)
         for name, optimizer in self.optimizers.items():
@@ -231,6 +237,22 @@ class Trainer:
         self._last_batch, self._last_carry = batch, carry
         progress.step += 1
         return logs
+
+    def _choose_kernels(self) -> KernelChoice:
+        """train.channels_last as set, or ("auto") the layout measured fastest for the step's
+        dtype; in bf16/fp16 steps also whether norms compute in fp32 (gan_style.engine.kernels).
+        The main process measures and every process uses its choice (DDP replicas must agree)."""
+        dtype = STEP_DTYPES.get(self.config.mixed_precision, torch.float32)
+        if self.config.channels_last != "auto":
+            return KernelChoice(bool(self.config.channels_last), norm_in_float32=True)
+        choice = [choose_kernels(self.device, dtype) if self.accelerator.is_main_process else None]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(choice)
+        log.info("kernels for %s steps on %s: %s", self.config.mixed_precision if dtype != torch.float32 else "fp32",
+                    self.device, choice[0].describe())
+        return choice[0]
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self, dataset: torch.utils.data.Dataset, epoch: int, skip: int) -> Iterator[Any]:

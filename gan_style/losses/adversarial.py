@@ -26,6 +26,7 @@ def gan_loss(prediction: Tensor | Sequence[Tensor], target_is_real: bool, mode: 
     """
     if isinstance(prediction, (list, tuple)):
         return sum(gan_loss(p, target_is_real, mode, for_discriminator) for p in prediction)
+    prediction = prediction.float()  # in a bf16/fp16 step the loss is still accumulated in fp32
     if mode == "lsgan":
         target = torch.ones_like(prediction) if target_is_real else torch.zeros_like(prediction)
         return F.mse_loss(prediction, target)
@@ -60,4 +61,4 @@ def r1_penalty(real_prediction: Tensor, real_images: Tensor) -> Tensor:
     """R1 (Mescheder et al. 2018): E[||grad_x D(x)||^2] on real images (which must require grad).
     The caller multiplies by gamma / 2 and, for lazy regularisation, by the interval."""
     (grads,) = autograd.grad(real_prediction.sum(), real_images, create_graph=True)
-    return grads.pow(2).flatten(1).sum(1).mean()
+    return grads.float().pow(2).flatten(1).sum(1).mean()  # fp32 sum of squares in bf16/fp16 steps

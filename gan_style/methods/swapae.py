@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from gan_style.data.folder import FolderDataConfig
 from gan_style.engine.config import TrainConfig
 from gan_style.engine.contract import InputSpec, Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
-from gan_style.losses.adversarial import r1_penalty
+from gan_style.losses.adversarial import gan_loss, r1_penalty
 from gan_style.nn.swapae import SwapAEEncoder, SwapAEEncoderSpec, SwapAEGenerator, SwapAEGeneratorSpec
 from gan_style.nn.swapae_discriminators import (
     PatchCooccurrenceDiscriminator,
@@ -223,16 +223,16 @@ class SwapAE(Method):
             rec, mix = self.reconstruct_and_swap(ctx, x)
         real, fake_rec, fake_mix = D(torch.cat([x, rec, mix])).split(x.shape[0])
         losses = {
-            "real": (c.lambda_GAN + c.lambda_GAN_rec) * F.softplus(-real).mean(),
-            "rec": c.lambda_GAN_rec * F.softplus(fake_rec).mean(),
-            "swap": c.lambda_GAN * F.softplus(fake_mix).mean(),
+            "real": (c.lambda_GAN + c.lambda_GAN_rec) * gan_loss(real, True, "nonsaturating"),
+            "rec": c.lambda_GAN_rec * gan_loss(fake_rec, False, "nonsaturating"),
+            "swap": c.lambda_GAN * gan_loss(fake_mix, False, "nonsaturating"),
         }
         logs = {"D_real": real.detach().mean(), "D_swap": fake_mix.detach().mean()}
         if c.lambda_PatchGAN > 0:  # real patches and the swap's, each against the same references
             judged = torch.cat([self.crops(ctx, x), self.crops(ctx, mix)])
             real_patch, mix_patch = Dpatch(self.crops(ctx, x), judged, c.patch_use_aggregation).chunk(2)
-            losses["patch_real"] = c.lambda_PatchGAN * F.softplus(-real_patch).mean()
-            losses["patch_swap"] = c.lambda_PatchGAN * F.softplus(mix_patch).mean()
+            losses["patch_real"] = c.lambda_PatchGAN * gan_loss(real_patch, True, "nonsaturating")
+            losses["patch_swap"] = c.lambda_PatchGAN * gan_loss(mix_patch, False, "nonsaturating")
         return StepOutput(losses, logs=logs)
 
     def r1_step(self, ctx: StepContext, batch: Mapping[str, Any]) -> StepOutput:
@@ -258,12 +258,12 @@ class SwapAE(Method):
         fake_rec, fake_mix = ctx.nets["D"](torch.cat([rec, mix])).split(x.shape[0])
         losses = {
             "L1": c.lambda_L1 * F.l1_loss(rec, x),  # eq. 1
-            "GAN_rec": c.lambda_GAN_rec * F.softplus(-fake_rec).mean(),
-            "GAN_swap": c.lambda_GAN * F.softplus(-fake_mix).mean(),
+            "GAN_rec": c.lambda_GAN_rec * gan_loss(fake_rec, True, "nonsaturating"),
+            "GAN_swap": c.lambda_GAN * gan_loss(fake_mix, True, "nonsaturating"),
         }
         if c.lambda_PatchGAN > 0:  # eq. 3: the swap's patches should pass for the texture source's
             prediction = ctx.nets["Dpatch"](self.crops(ctx, x), self.crops(ctx, mix), c.patch_use_aggregation)
-            losses["PatchGAN"] = c.lambda_PatchGAN * F.softplus(-prediction).mean()
+            losses["PatchGAN"] = c.lambda_PatchGAN * gan_loss(prediction, True, "nonsaturating")
         return StepOutput(losses, carry={"rec": rec.detach(), "swap": mix.detach()})
 
     # -- data, visuals, inference --------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,9 +27,16 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     convolution must convert back (see README, "Speed").
     """
 
+    #: in a bf16/fp16 step, normalise in fp32 and cast back (exact statistics; on CPUs also the
+    #: fast path for channels-last tensors). The trainer sets it from a measurement
+    #: (gan_style.engine.kernels); fp32 inputs are unaffected.
+    compute_in_float32: bool = True
+
     def forward(self, x: Tensor) -> Tensor:
         if self.affine or self.track_running_stats or x.dim() != 4:
             return super().forward(x)
+        if self.compute_in_float32 and x.dtype in (torch.bfloat16, torch.float16):
+            return F.group_norm(x.float(), x.shape[1], eps=self.eps).to(x.dtype)
         return F.group_norm(x, x.shape[1], eps=self.eps)
 
 
