@@ -41,12 +41,15 @@ def evaluate(trainer, real_A, real_B):
 
 
 @pytest.mark.slow
-def test_cyclegan_learns_vangogh2photo_on_cpu(tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_cyclegan_learns_vangogh2photo_on_cpu(tmp_path, precision):
+    """fp32, and bf16 autocast (fp32 master weights and optimiser state, fp32 losses)."""
     root = require_shared(DATA / "vangogh2photo")
     config = config_from_overrides(CycleGAN, "paper", {
         "ngf": 16, "ndf": 16, "netG": "resnet_6blocks",
         "data": {"root": str(root), "load_size": 72, "crop_size": 64, "max_dataset_size": 200},
-        "train": {"max_steps": STEPS, "batch_size": 2, "log_every": 50, "image_every": 1000, "save_every": 10_000},
+        "train": {"max_steps": STEPS, "batch_size": 2, "log_every": 50, "image_every": 1000, "save_every": 10_000,
+                  "mixed_precision": precision},
     })
     trainer = Trainer(CycleGAN(config), tmp_path / "run", show_progress=False)
     real_A, real_B = held_out_batch(root)

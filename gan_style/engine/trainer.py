@@ -46,7 +46,7 @@ from gan_style.engine.checkpoint import (
 )
 from gan_style.engine.contract import Method, OptimizerSpec, StepContext
 from gan_style.engine.ema import WeightAverage
-from gan_style.engine.kernels import KernelChoice, choose_kernels, set_norm_precision
+from gan_style.engine.kernels import KernelChoice, choose_kernels, set_norm_kernel
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.errors import CheckpointError
@@ -116,7 +116,7 @@ class Trainer:
             net = net.to(self.device)
             if self.channels_last:
                 net = net.to(memory_format=torch.channels_last)
-            set_norm_precision(net, self.kernels.norm_in_float32)
+            set_norm_kernel(net, self.kernels.norm_kernel)
             self._raw[name] = net
         self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}
         self._check_optimizer_specs()
@@ -240,12 +240,11 @@ class Trainer:
 
     def _choose_kernels(self) -> KernelChoice:
         """train.channels_last as set, or ("auto") the layout measured fastest for the step's
-        dtype; in bf16/fp16 steps also whether norms compute in fp32 (gan_style.engine.kernels).
+        dtype, and how instance norms run (gan_style.engine.kernels).
         The main process measures and every process uses its choice (DDP replicas must agree)."""
         dtype = STEP_DTYPES.get(self.config.mixed_precision, torch.float32)
-        if self.config.channels_last != "auto":
-            return KernelChoice(bool(self.config.channels_last), norm_in_float32=True)
-        choice = [choose_kernels(self.device, dtype) if self.accelerator.is_main_process else None]
+        layout = None if self.config.channels_last == "auto" else bool(self.config.channels_last)
+        choice = [choose_kernels(self.device, dtype, layout) if self.accelerator.is_main_process else None]
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 

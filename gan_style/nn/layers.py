@@ -27,16 +27,20 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     convolution must convert back (see README, "Speed").
     """
 
-    #: in a bf16/fp16 step, normalise in fp32 and cast back (exact statistics; on CPUs also the
-    #: fast path for channels-last tensors). The trainer sets it from a measurement
-    #: (gan_style.engine.kernels); fp32 inputs are unaffected.
-    compute_in_float32: bool = True
+    #: how the norm runs, set by the trainer from a measurement (gan_style.engine.kernels):
+    #: "float32" normalises bf16/fp16 inputs in fp32 and casts back; "contiguous" normalises a
+    #: channels-last tensor in NCHW layout (PyTorch's CPU group-norm backward is several times
+    #: slower on channels-last) and converts back; "native" calls the kernel as is. All three are
+    #: the same function; fp32 results are unchanged.
+    kernel: str = "float32"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.affine or self.track_running_stats or x.dim() != 4:
             return super().forward(x)
-        if self.compute_in_float32 and x.dtype in (torch.bfloat16, torch.float16):
+        if self.kernel == "float32" and x.dtype in (torch.bfloat16, torch.float16):
             return F.group_norm(x.float(), x.shape[1], eps=self.eps).to(x.dtype)
+        if self.kernel == "contiguous" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return F.group_norm(x.contiguous(), x.shape[1], eps=self.eps).contiguous(memory_format=torch.channels_last)
         return F.group_norm(x, x.shape[1], eps=self.eps)
 
 
