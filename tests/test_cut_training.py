@@ -30,12 +30,13 @@ def assert_falls(nce: list[float], factor: float) -> None:
 
 
 @pytest.mark.slow
-def test_cut_learns_on_vangogh2photo(tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_cut_learns_on_vangogh2photo(tmp_path, precision):
     root = require_shared(DATA / "vangogh2photo")
     config = config_from_overrides(CUT, "paper", {
         "ngf": 8, "ndf": 8,
         "data": {"root": str(root), "load_size": 72, "crop_size": 64},
-        "train": {"max_steps": 200, "log_every": 50, "image_every": 1000, "save_every": 1000},
+        "train": {"max_steps": 200, "log_every": 50, "image_every": 1000, "save_every": 1000, "mixed_precision": precision},
     })
     nce = train_and_record(CUT(config), tmp_path / "run")
     assert len(nce) == 200
