@@ -154,7 +154,11 @@ def parse_set_arguments(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
         parsed = yaml.safe_load(value) if value.strip() else ""
-        # Keep strings such as "1e-4" numeric and "resnet_9blocks" as strings; YAML decides.
+        # Keep strings such as "1e-4" numeric and "resnet_9blocks" as strings; YAML decides,
+        # except that YAML 1.1's yes/no/on/off stay words: train.mixed_precision=no is the option
+        # "no" (bool fields read these words as booleans anyway).
+        if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+            parsed = value.strip()
         result[key.strip()] = parsed
     return result
 
