@@ -86,22 +86,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_inputs(items: list[str] | None) -> dict[str, Any]:
-    """``--with style=starry.jpg --with alpha=0.8`` -> {"style": path, "alpha": 0.8}."""
-    import yaml
-
-    from gan_style.errors import UserError
-
-    inputs: dict[str, Any] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise UserError(f"--with expects NAME=VALUE (e.g. --with style=painting.jpg), got {item!r}")
-        path = Path(value).expanduser()
-        inputs[name.strip()] = path if path.exists() else yaml.safe_load(value)
-    return inputs
-
-
 def cmd_translate(args: argparse.Namespace) -> int:
     """Exit status 0 when every input was written, 1 when some were skipped (each named on
     stderr), 2 on an error (``--strict`` makes the first bad input one)."""
@@ -125,7 +109,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if not Path(args.checkpoint).exists():
         raise UserError(f"--checkpoint {args.checkpoint} does not exist; give a run folder, a gan_style .pt or an official .pth file")
-    extra = _inference_inputs(args.with_inputs)
+    from gan_style.translate import parse_inference_inputs
+
+    extra = parse_inference_inputs(args.with_inputs)
     variants, flags = _style_variants(args)
     check_output_folder(args.input, args.output)
     _check_writable(Path(args.output), "--output")

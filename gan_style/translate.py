@@ -147,6 +147,21 @@ def load_translators(
     return translators
 
 
+def parse_inference_inputs(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--with style=starry.jpg --with alpha=0.8`` -> {"style": Path("starry.jpg"), "alpha": 0.8}:
+    a value naming an existing file is a path (an image input), anything else a YAML scalar."""
+    import yaml
+
+    inputs: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--with expects NAME=VALUE (e.g. --with style=painting.jpg), got {item!r}")
+        path = Path(value).expanduser()
+        inputs[name.strip()] = path if path.exists() else yaml.safe_load(value)
+    return inputs
+
+
 def reference_size(width: int, height: int, multiple: int = 4) -> tuple[int, int]:
     """Each side rounded to the nearest multiple with Python's round (half to even), as the
     reference's ``__make_power_2`` does; never below one multiple."""

@@ -230,18 +230,10 @@ def _load_photos(args: argparse.Namespace) -> list[tuple[str, Image.Image]]:
 
 def _inference_inputs(items: list[str] | None) -> dict[str, Any]:
     """``--with texture=painting.jpg --with alpha=0.8`` -> {"texture": <image>, "alpha": 0.8}."""
-    import yaml
-
     from gan_style.data.images import load_rgb
+    from gan_style.translate import parse_inference_inputs
 
-    inputs: dict[str, Any] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise UserError(f"--with expects NAME=VALUE (e.g. --with texture=painting.jpg), got {item!r}")
-        path = Path(value).expanduser()
-        inputs[name.strip()] = load_rgb(path) if path.is_file() else yaml.safe_load(value)
-    return inputs
+    return {name: load_rgb(value) if isinstance(value, Path) else value for name, value in parse_inference_inputs(items).items()}
 
 
 def _run_dir(checkpoint: Path) -> Path | None:

@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
     model, extra = None, {}
     if args.checkpoint is not None:
         from gan_style.api import load
-        from gan_style.cli import _inference_inputs
+        from gan_style.translate import parse_inference_inputs
 
-        extra = {name: load_rgb(value) if isinstance(value, Path) else value for name, value in _inference_inputs(args.with_inputs).items()}
+        extra = {name: load_rgb(value) if isinstance(value, Path) else value for name, value in parse_inference_inputs(args.with_inputs).items()}
         model = load(args.checkpoint, device=device)
         print(f"using {model.description}", file=sys.stderr)
     if inputs is None and (model is not None and args.fake is None or {"ssim", "content"} & set(metrics)):
