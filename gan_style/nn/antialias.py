@@ -12,6 +12,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _in_float32(filter_fn):
+    """Run a fixed depthwise filter in fp32 when the input is bf16/fp16 and cast back: oneDNN's
+    low-precision depthwise convolutions are slow on CPUs (2x the fp32 time measured on an
+    AVX-512/AMX Xeon), and a fixed blur gains nothing from lower precision. In CUT's bf16 step
+    this took 0.98 s to 0.78 s (NCHW) and 0.86 s to 0.72 s (channels-last)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast(x.device.type, enabled=False):
+                return filter_fn(self, x.float()).to(x.dtype)
+        return filter_fn(self, x)
+
+    forward.__doc__ = filter_fn.__doc__
+    return forward
+
+
 def _binomial_filter(taps: list[float], channels: int, scale: float) -> Tensor:
     row = torch.tensor(taps, dtype=torch.float32)
     kernel = torch.outer(row, row)
@@ -27,6 +43,7 @@ class Downsample(nn.Module):
         self.channels = channels
         self.register_buffer("filt", _binomial_filter([1.0, 2.0, 1.0], channels, 1.0))
 
+    @_in_float32
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")
         return F.conv2d(x, self.filt, stride=2, groups=self.channels)
@@ -41,6 +58,7 @@ class Upsample(nn.Module):
         self.channels = channels
         self.register_buffer("filt", _binomial_filter([1.0, 3.0, 3.0, 1.0], channels, 4.0))
 
+    @_in_float32
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")
         y = F.conv_transpose2d(x, self.filt, stride=2, padding=2, groups=self.channels)
