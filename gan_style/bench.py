@@ -23,8 +23,6 @@ from typing import Any
 
 import torch
 
-MATMUL_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def peak_rss_mb() -> float:
     # ru_maxrss is in kilobytes on Linux.
@@ -105,7 +103,7 @@ def peak_matmul_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = 
 
 def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int = 1, preset: str | None = None, overrides: Mapping[str, Any] | None = None, count_flops: bool = True) -> dict[str, Any]:
     from gan_style.engine.contract import config_from_overrides
-    from gan_style.engine.trainer import Trainer
+    from gan_style.engine.trainer import STEP_DTYPES, Trainer
     from gan_style.methods import get_method
 
     method_cls = get_method(method_name)
@@ -157,7 +155,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # Peak memory is read above, so the counted step and the matmul below change no figure that
     # is compared with the reference's. Counting slows a step down: it is an extra, untimed one.
-    dtype = MATMUL_DTYPES.get(config.train.mixed_precision, torch.float32)
+    dtype = STEP_DTYPES.get(config.train.mixed_precision, torch.float32)
     if count_flops:
         gflop = count_gflop(unit)
     peak, n = peak_matmul_gflops(trainer.device, dtype)
