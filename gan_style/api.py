@@ -55,11 +55,11 @@ class Model:
             return run
         raise AttributeError(f"{type(self).__name__} of {self.__dict__.get('method', '?')!r} has no attribute {name!r}")
 
-    def swap(self, structure_images: Any, texture_images: Any, alpha: float = 1.0, seed: int = 0) -> Any:
+    def swap(self, structure_images: Any, texture_images: Any, alpha: float = 1.0, seed: int = 0, tile: int | None = None) -> Any:
         """The Swapping Autoencoder's swap: the structure of ``structure_images`` with the texture
         of ``texture_images`` (one image for all, or one per structure image), interpolated by
-        ``alpha``; images as for ``translate``."""
-        return self.translate(structure_images, texture=texture_images, alpha=alpha, seed=seed)
+        ``alpha``; images as for ``translate`` (``tile``: computed in tiles, the same result)."""
+        return self.translate(structure_images, tile=tile, texture=texture_images, alpha=alpha, seed=seed)
 
     def translator(self, direction: str = "AtoB") -> Translator:
         """The method's translator of ``direction`` (it says which directions it has)."""

@@ -187,7 +187,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
     from gan_style.api import load
     from gan_style.data.images import IMAGE_EXTENSIONS, load_rgb
     from gan_style.errors import UserError
-    from gan_style.translate import collect_inputs, resolve_device
+    from gan_style.translate import check_options, collect_inputs, resolve_device
 
     output = Path(args.grid or args.output or "")
     if not args.grid and not args.output:
@@ -196,6 +196,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
         raise UserError(f"{'--grid' if args.grid else '--output'} {output}: name an image file, e.g. out.png")
     if any(not 0.0 <= a <= 1.0 for a in args.alpha):
         raise UserError(f"--alpha values must lie in [0, 1], got {args.alpha}")
+    check_options(tile=args.tile)
     for option, value in (("--structure", args.structure), ("--texture", args.texture), ("--checkpoint", args.checkpoint)):
         if not Path(value).exists():
             raise UserError(f"{option} {value} does not exist")
@@ -225,7 +226,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
     structure, texture = load_rgb(structures[0]), load_rgb(textures[0])
     for alpha in args.alpha:
         path = _alpha_path(output, alpha, len(args.alpha) > 1)
-        model.swap(structure, texture, alpha=alpha, seed=args.seed).save(path)
+        model.swap(structure, texture, alpha=alpha, seed=args.seed, tile=args.tile).save(path)
         print(f"wrote {path} (alpha {alpha:g})")
     return 0
 
@@ -292,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--grid", metavar="GRID.png", help="write the N x M swapping grid of two folders (structures as rows, textures as columns)")
     swap.add_argument("--size", type=int, default=256, help="grid cell side in pixels (default 256)")
     swap.add_argument("--seed", type=int, default=0, help="seed of the generator's noise, fixed across alphas (default 0)")
+    swap.add_argument("--tile", type=int, default=None, metavar="PX",
+                      help="compute in tiles of about PX pixels: the same image, memory bounded by the tile (huge images)")
     swap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     swap.set_defaults(func=cmd_swap)
 

@@ -81,6 +81,32 @@ class Pointwise(Op):
         return self.function(x), rect
 
 
+class Positional(Op):
+    """x + weight * noise at each pixel: a pointwise map that depends on the position (the
+    Swapping Autoencoder's per-pixel noise inputs, drawn once for the whole map and cut to each
+    region)."""
+
+    def __init__(self, noise: Tensor, weight: Tensor):
+        self.noise, self.weight = noise, weight
+
+    def apply(self, x: Tensor, rect: Rect, size: Size) -> tuple[Tensor, Rect]:
+        if tuple(self.noise.shape[-2:]) != size:
+            raise RuntimeError(f"a noise map of {tuple(self.noise.shape[-2:])} for a {size} map")
+        return x + self.weight * self.noise[..., rect[0][0] : rect[0][1], rect[1][0] : rect[1][1]].to(x), rect
+
+
+class Keep(Op):
+    """The identity, marking a small result worth holding whole (the Swapping Autoencoder's
+    structure code): the executor materialises what comes before it when the memory budget
+    allows, so that the cells after it do not recompute the layers before it."""
+
+    def pending_stats(self) -> bool:
+        return True
+
+    def apply(self, x: Tensor, rect: Rect, size: Size) -> tuple[Tensor, Rect]:
+        return x, rect
+
+
 class AxisOp(Op):
     """An operation that acts on rows and columns alike, by 1-D rules on each axis."""
 
@@ -566,10 +592,20 @@ POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.ELU, nn
 def lower(module: nn.Module, adain: Iterator[tuple[Tensor, Tensor]] | None = None) -> list[Op]:
     """``module``'s forward as operations. ``adain`` yields the (shift, scale) of each AdaIN layer
     met, in forward order (MUNIT's decoder). Raises :class:`Unsupported` for unknown layers."""
-    from gan_style.nn import antialias, generators, munit_networks
+    from gan_style.nn import antialias, generators, munit_networks, stylegan2
 
-    if isinstance(module, nn.Sequential):
+    if isinstance(module, nn.Sequential):  # StyleGAN2's ConvLayer too
         return [op for child in module for op in lower(child, adain)]
+    if isinstance(module, stylegan2.ResBlock):
+        return [Sum([lower(module.skip), lower(module.conv1) + lower(module.conv2)], scale=1 / math.sqrt(2))]
+    if isinstance(module, stylegan2.Blur):
+        return _fir(module.kernel, module.pad)
+    if isinstance(module, stylegan2.EqualConv2d):
+        weight, bias, stride, padding = module.weight * module.scale, module.bias, module.stride, module.padding
+        pad = [Pad((padding,) * 4, "constant")] if padding else []
+        return [*pad, Window(_pair(weight.shape[-1]), _pair(stride), (1, 1), lambda x: F.conv2d(x, weight, bias, stride), weight.shape[0])]
+    if isinstance(module, (stylegan2.FusedLeakyReLU, stylegan2.ScaledLeakyReLU)):  # a bias per channel
+        return [Pointwise(module)]
     if isinstance(module, (generators.ResnetGenerator, generators.UnetGenerator, munit_networks.ContentEncoder)):
         return lower(module.model, adain)
     if isinstance(module, generators.ResnetBlock):
@@ -629,6 +665,17 @@ def lower(module: nn.Module, adain: Iterator[tuple[Tensor, Tensor]] | None = Non
         k, s, d, ceil = _pair(module.kernel_size), _pair(module.stride), _pair(module.dilation), module.ceil_mode
         return [Window(k, s, d, lambda x: F.max_pool2d(x, k, s, 0, d), ceil_mode=ceil)]
     raise Unsupported(f"{type(module).__name__} layers")
+
+
+def _fir(kernel: Tensor, pad: tuple[int, int]) -> list[Op]:
+    """StyleGAN2's FIR filter (``upfirdn2d`` without re-sampling): zero padding, a depthwise window."""
+    from gan_style.nn.stylegan2 import upfirdn2d
+
+    before, after = pad
+    if before < 0 or after < 0:
+        raise Unsupported(f"a FIR filter that crops (padding {pad})")
+    padding = [Pad((before, after, before, after), "constant")] if before or after else []
+    return [*padding, Window(tuple(kernel.shape), (1, 1), (1, 1), lambda x: upfirdn2d(x, kernel))]  # type: ignore[arg-type]
 
 
 class Concat(Sum):
@@ -698,29 +745,126 @@ def adain_program(model: Any, direction: str, inputs: Mapping[str, Any]) -> list
             Statistics("AdaIN", affine), *lower(decoder), Pointwise(lambda x: x * 2 - 1)]
 
 
-PROGRAMS: dict[str, Callable[[Any, str, Mapping[str, Any]], list[Op]]] = {"munit": munit_program, "adain": adain_program}
+def _modulated_conv(conv: Any, style: Tensor) -> list[Op]:
+    """A ``ModulatedConv2d`` of the Swapping Autoencoder's variant (``modulate_input``) with its
+    style fixed: the style scales the input channels, then one shared convolution."""
+    if not conv.modulate_input or conv.downsample:
+        raise Unsupported("modulated convolutions other than the Swapping Autoencoder's (modulate_input, no down-sampling)")
+    scales = conv.modulation(style)
+    if conv.demodulate:
+        scales = scales * torch.rsqrt(scales.pow(2).mean(dim=1, keepdim=True) + conv.eps)
+    scales, weight = scales.view(1, -1, 1, 1), conv.modulated_weight(None)[0]
+    ops: list[Op] = [Pointwise(lambda x: x * scales)]
+    if conv.upsample:  # stride-2 transposed convolution, then the blur
+        return [*ops, TransposedConv(weight=weight.transpose(0, 1), stride=(2, 2)), *lower(conv.blur)]
+    k, p = conv.kernel_size, conv.padding
+    return [*ops, *([Pad((p,) * 4, "constant")] if p else []), Window((k, k), (1, 1), (1, 1), lambda x: F.conv2d(x, weight), conv.out_channels)]
 
 
-def program_of(model: Any, direction: str, inputs: Mapping[str, Any]) -> Callable[[], list[Op]]:
-    """A builder of ``model``'s translation as operations (raises :class:`Unsupported`). The
-    statistics layers hold state, so every image gets a fresh program."""
+def _styled_conv(layer: Any, style: Tensor, noise: Tensor | None) -> list[Op]:
+    ops = _modulated_conv(layer.conv, style)
+    if layer.inject_noise:
+        assert noise is not None
+        ops.append(Positional(noise, layer.noise.weight))
+    return [*ops, Pointwise(layer.activate)]
+
+
+def swapae_generator_ops(G: Any, texture: Tensor, noise: Sequence[Tensor | None]) -> list[Op]:
+    """The Swapping Autoencoder's G (``SwapAEGenerator.forward``) on a structure code, with the
+    texture code (1, C) and the noise maps (``G.draw_noise``) fixed: every layer is then local."""
+    from gan_style.nn.swapae import normalize_code
+
+    texture = normalize_code(texture)
+    modulation = G.SpatialCodeModulation
+    scale, bias = (f(texture).view(1, -1, 1, 1) for f in (modulation.scale, modulation.bias))
+    ops: list[Op] = [Pointwise(normalize_code), Pointwise(lambda x: x * scale + bias)]
+    for k, name in enumerate(G.block_names):
+        block = getattr(G, name)
+        skip = lower(block.skip) + ([Upsample(2, "bilinear")] if block.upsample else [])
+        residual = _styled_conv(block.conv1, texture, noise[2 * k]) + _styled_conv(block.conv2, texture, noise[2 * k + 1])
+        ops.append(Sum([skip, residual], scale=1 / math.sqrt(2)))
+    to_rgb = G.ToRGB
+    return [*ops, *_modulated_conv(to_rgb.conv, texture), Pointwise(lambda x: x + to_rgb.bias)]
+
+
+#: tile of the texture image's pass through E (the code is the same for any tile; this bounds memory)
+TEXTURE_TILE = 512
+
+
+def swapae_texture_code(E: Any, image: Tensor, tile: int = TEXTURE_TILE) -> Tensor:
+    """E's texture code (1, C) of one image (1, 3, H, W): the trunk and texture head computed in
+    tiles, then their spatial mean, the linear layer and the L2 normalisation (as ``E.forward``)."""
+    from gan_style.nn.swapae import normalize_code
+
+    ops = lower(E.FromRGB) + lower(E.DownToSpatialCode) + lower(E.DownToGlobalCode)
+    with torch.inference_mode():
+        features = Executor(tile).run(ops, image, image.device)
+        return normalize_code(E.ToGlobalCode(features.mean(dim=(2, 3))))
+
+
+def swapae_program(model: Any, direction: str, inputs: Mapping[str, Any]) -> Callable[[Tensor], list[Op]]:
+    """The Swapping Autoencoder's swap (as its translator): E's structure code of the image, kept
+    whole (8 channels at 1/16 of the side), then G with the texture code lerped from the image's own
+    to the texture image's by ``alpha`` (both codes are image-global: gathered tile by tile over the
+    image first) and the noise of ``seed`` drawn for the whole image."""
+    from gan_style.nn.swapae import fit_texture_image, normalize_code
+
+    given = _bound_inputs(model, direction, inputs)
+    E, G = model.networks["E"], model.networks["G"]
+    alpha, seed = float(given.get("alpha", 1.0)), int(given.get("seed") or 0)
+    texture = fit_texture_image(given["texture"].to(model.device), E.spec)
+    if texture.shape[0] != 1:
+        raise Unsupported("one texture image per structure image (tiles need one texture for all)")
+    structure = lower(E.FromRGB) + lower(E.DownToSpatialCode) + lower(E.ToSpatialCode) + [Pointwise(normalize_code), Keep()]
+    target = swapae_texture_code(E, texture)
+    with torch.inference_mode():
+        swapae_generator_ops(G, target, G.draw_noise((1, 1)))  # fail now, not at the first image
+
+    def build(image: Tensor) -> list[Op]:
+        with torch.inference_mode():
+            own = swapae_texture_code(E, image) if alpha != 1.0 else target
+            mixed = torch.lerp(own, target.to(own.dtype), alpha)
+            noise = G.draw_noise(chain_size(structure, tuple(image.shape[-2:])), torch.Generator().manual_seed(seed))
+            return structure + swapae_generator_ops(G, mixed, noise)
+
+    return build
+
+
+def _fixed(program: Callable[[Any, str, Mapping[str, Any]], list[Op]]) -> Callable[[Any, str, Mapping[str, Any]], Callable[[Tensor], list[Op]]]:
+    """A program that does not depend on the image, checked once and built again for every image
+    (its statistics layers hold state)."""
+
+    def prepare(model: Any, direction: str, inputs: Mapping[str, Any]) -> Callable[[Tensor], list[Op]]:
+        program(model, direction, inputs)  # fail now, not at the first image
+        return lambda image: program(model, direction, inputs)
+
+    return prepare
+
+
+#: per method: (model, direction, inputs) -> a builder of the program of one image (1, C, H, W)
+PROGRAMS: dict[str, Callable[[Any, str, Mapping[str, Any]], Callable[[Tensor], list[Op]]]] = {
+    "munit": _fixed(munit_program), "adain": _fixed(adain_program), "swapae": swapae_program,
+}
+
+
+def program_of(model: Any, direction: str, inputs: Mapping[str, Any]) -> Callable[[Tensor], list[Op]]:
+    """A builder of ``model``'s translation of one image as operations (raises :class:`Unsupported`).
+    The statistics layers hold state, so every image gets a fresh program."""
     if model.method in PROGRAMS:
-        build = PROGRAMS[model.method]
-        build(model, direction, inputs)  # fail now, not at the first image
-        return lambda: build(model, direction, inputs)
+        return PROGRAMS[model.method](model, direction, inputs)
     function, _ = model.bind(direction, **inputs)
     if not isinstance(function, nn.Module):
         raise Unsupported(f"{model.description}: its translation is not one network")
     lower(function)
-    return lambda: lower(function)
+    return lambda image: lower(function)
 
 
-def run_exact(build: Callable[[], list[Op]] | nn.Module, image: Tensor, tile: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Tensor:
+def run_exact(build: Callable[[Tensor], list[Op]] | nn.Module, image: Tensor, tile: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Tensor:
     """The whole-image result of the program (or network) on ``image`` (B, C, H, W) (sides as the
     network needs them), computed in tiles of about ``tile`` pixels with whole-image statistics."""
     outputs = []
     for one in image:
-        ops = lower(build) if isinstance(build, nn.Module) else build()
+        ops = lower(build) if isinstance(build, nn.Module) else build(one[None])
         with torch.inference_mode():
             outputs.append(Executor(tile, memory_budget).run(ops, one[None], image.device))
     return torch.cat(outputs)

@@ -83,11 +83,11 @@ class ImageTranslator:
     size_multiple: int
     description: str
     min_side: int | None = None
-    program: Callable[[], list[Any]] | None = None
+    program: Callable[[Tensor], list[Any]] | None = None
     exact_error: str | None = None
-    program_factory: Callable[[], Callable[[], list[Any]]] | None = None  # makes ``program`` on first use
+    program_factory: Callable[[], Callable[[Tensor], list[Any]]] | None = None  # makes ``program`` on first use
 
-    def exact_program(self) -> Callable[[], list[Any]] | None:
+    def exact_program(self) -> Callable[[Tensor], list[Any]] | None:
         """The builder of the exact tiled program, or None (and ``exact_error`` says why)."""
         from gan_style import tiling
 
@@ -100,7 +100,8 @@ class ImageTranslator:
             elif isinstance(self.network, torch.nn.Module):
                 try:
                     tiling.lower(self.network)
-                    self.program = partial(tiling.lower, self.network)
+                    network = self.network
+                    self.program = lambda image: tiling.lower(network)
                 except tiling.Unsupported as error:
                     self.exact_error = str(error)
             else:
@@ -256,7 +257,7 @@ def run_tiled(
 
 
 def run_tiled_exact(
-    build: Callable[[], list[Any]], x: Tensor, multiple: int, tile: int, min_side: int | None = None, memory_budget: int | None = None
+    build: Callable[[Tensor], list[Any]] | torch.nn.Module, x: Tensor, multiple: int, tile: int, min_side: int | None = None, memory_budget: int | None = None
 ) -> Tensor:
     """The whole-image result of the program ``build`` makes, on ``x`` (B, C, H, W) padded as
     :func:`run_padded` pads it, computed in tiles of about ``tile`` pixels (:mod:`gan_style.tiling`)."""

@@ -1,5 +1,6 @@
 """Exact tiled translation (gan_style.tiling): tiles give the whole-image result, whole-image
-statistics included, for the ResNet generators (CycleGAN, CUT), U-Nets, MUNIT and AdaIN."""
+statistics included, for the ResNet generators (CycleGAN, CUT), U-Nets, MUNIT, AdaIN and the
+Swapping Autoencoder (its texture codes and noise maps)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from gan_style.errors import UserError
 from gan_style.methods import get_method
 from gan_style.nn.generators import GeneratorSpec, build_generator
 from gan_style.nn.layers import InstanceNorm2d
+from gan_style.nn.stylegan2 import NoiseInjection
 from gan_style.translate import ImageTranslator, check_options, run_tiled, run_tiled_exact, translate_images
 
 CYCLEGAN_G = GOLDEN / "cyclegan" / "resnet_9blocks_ngf16" / "latest_net_G.pth"
@@ -112,6 +114,43 @@ def test_adain_tiles_equal_the_whole_pass_with_alpha():
     tiled = model.translate(x, tile=24, style=style, alpha=0.6)
     assert (tiled - whole).abs().max().item() < 1e-4
     per_tile = model.translate(x, tile=24, tile_mode="per-tile", tile_overlap=8, style=style, alpha=0.6)
+    assert (per_tile - whole).abs().mean().item() > 1e-3
+
+
+SWAPAE = GOLDEN / "sae" / "latest_checkpoint.pth"
+
+
+@pytest.mark.skipif(not SWAPAE.is_file(), reason="needs shared/golden")
+def test_cli_swap_tiles_of_the_golden_swapping_autoencoder_equal_the_whole_pass(tmp_path):
+    photo_like(512, 384).save(tmp_path / "structure.png")
+    photo_like(300, 200, seed=5).save(tmp_path / "texture.png")
+    common = ["swap", "--checkpoint", str(SWAPAE), "--structure", str(tmp_path / "structure.png"),
+              "--texture", str(tmp_path / "texture.png"), "--alpha", "0.5", "1", "--device", "cpu"]
+    assert cli_main([*common, "--output", str(tmp_path / "whole.png")]) == 0
+    assert cli_main([*common, "--output", str(tmp_path / "tiled.png"), "--tile", "128"]) == 0
+    for alpha in ("0.5", "1"):
+        whole, tiled = (Image.open(tmp_path / f"{name}_alpha{alpha}.png") for name in ("whole", "tiled"))
+        assert whole.size == (512, 384)
+        levels = grey_levels(tiled, whole)
+        assert np.mean(levels <= 1) >= 0.999 and levels.max() <= 2
+
+
+def test_swapae_tiles_equal_the_whole_pass_noise_and_texture_interpolation_included():
+    torch.manual_seed(0)
+    model = smoke_model("swapae")
+    for module in model.networks["G"].modules():  # the noise strengths start at 0: make the noise count
+        if isinstance(module, NoiseInjection):
+            nn.init.uniform_(module.weight, 0.2, 0.5)
+    model.networks["G"].ToRGB.conv.weight.data.mul_(0.1)  # outputs inside [-1, 1]: compared, not clamped
+    texture = torch.rand(1, 3, 80, 72) * 2 - 1
+    x = torch.rand(2, 3, 100, 132) * 2 - 1  # two images (each its own texture code), not multiples of 16
+    for alpha in (1.0, 0.3):
+        whole = model.swap(x, texture, alpha=alpha, seed=7)
+        assert (whole.abs() < 1).float().mean() > 0.95
+        assert (model.swap(x, texture, alpha=alpha, seed=7, tile=32) - whole).abs().max().item() < 1e-4
+        # alone, an image gets what it gets in the batch (one noise map per layer for all)
+        assert (model.swap(x[1:], texture, alpha=alpha, seed=7) - whole[1:]).abs().max().item() < 1e-5
+    per_tile = model.translate(x, tile=32, tile_mode="per-tile", tile_overlap=16, texture=texture, alpha=0.3, seed=7)
     assert (per_tile - whole).abs().mean().item() > 1e-3
 
 

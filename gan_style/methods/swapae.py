@@ -42,7 +42,7 @@ from gan_style.data.folder import FolderDataConfig
 from gan_style.engine.config import TrainConfig
 from gan_style.engine.contract import InputSpec, Method, MethodConfig, OptimizerSpec, Phase, StepContext, StepOutput, Translator
 from gan_style.losses.adversarial import gan_loss, r1_penalty
-from gan_style.nn.swapae import SwapAEEncoder, SwapAEEncoderSpec, SwapAEGenerator, SwapAEGeneratorSpec
+from gan_style.nn.swapae import SwapAEEncoder, SwapAEEncoderSpec, SwapAEGenerator, SwapAEGeneratorSpec, fit_texture_image
 from gan_style.nn.swapae_discriminators import (
     PatchCooccurrenceDiscriminator,
     PatchDiscriminatorSpec,
@@ -290,20 +290,14 @@ class SwapAE(Method):
         self.check_direction(direction)
         E, G = nets["E"], nets["G"]
 
-        c = self.config
-        # The texture branch's unpadded stride-2 convolutions need this many pixels (7 at 1/16 of
-        # the side for the defaults); smaller texture images are enlarged to it.
-        least = 2**c.netE_num_downsampling_sp * (2 ** (c.netE_num_downsampling_gl + 1) - 1)
-
         def bind(texture: Tensor | None = None, alpha: float = 1.0, seed: int = 0) -> Callable[[Tensor], Tensor]:
-            if min(texture.shape[-2:]) < least:
-                texture = F.interpolate(texture, scale_factor=least / min(texture.shape[-2:]), mode="bilinear", align_corners=False)
-            target = E(texture)[1]
+            # a texture image smaller than the texture head's unpadded convolutions need is enlarged
+            target = E(fit_texture_image(texture, E.spec))[1]
 
             def swap(images: Tensor) -> Tensor:
                 structure, own = E(images)
                 mixed = torch.lerp(own, target.to(own.dtype).expand_as(own) if target.shape[0] == 1 else target, alpha)
-                return G(structure, mixed, noise=torch.Generator().manual_seed(seed))
+                return G.seeded(structure, mixed, seed)  # an image's output does not depend on its batch
 
             return swap
 
@@ -321,5 +315,5 @@ class SwapAE(Method):
         E, G = nets["E"], nets["G"]
         return {
             "encode": lambda images: E(images),
-            "decode": lambda structure, texture, seed=0: G(structure, texture, noise=torch.Generator().manual_seed(seed)),
+            "decode": lambda structure, texture, seed=0: G.seeded(structure, texture, seed),
         }

@@ -78,6 +78,21 @@ class SwapAEEncoderSpec:
         """Width after ``i`` halvings (``channels(0)`` after the 1x1 conv from RGB)."""
         return min(self.global_code_ch, round(32 * self.nc_steepness**i * self.scale_capacity))
 
+    @property
+    def min_texture_side(self) -> int:
+        """The smallest side E's texture head runs on: its unpadded stride-2 convolutions need
+        2^(gl+1) - 1 pixels of the trunk (7 at 1/16 of the side for the defaults: 112 pixels)."""
+        return 2**self.num_downsampling_sp * (2 ** (self.num_downsampling_gl + 1) - 1)
+
+
+def fit_texture_image(images: Tensor, spec: SwapAEEncoderSpec) -> Tensor:
+    """``images`` enlarged (bilinear, aspect kept) when their short side is below what E's texture
+    head needs (``spec.min_texture_side``); as they are otherwise."""
+    least = spec.min_texture_side
+    if min(images.shape[-2:]) >= least:
+        return images
+    return F.interpolate(images, scale_factor=least / min(images.shape[-2:]), mode="bilinear", align_corners=False)
+
 
 def strided_conv_layer(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 stride-2 conv without padding + bias + leaky ReLU (the texture head's halvings: 16 -> 7 -> 3).
@@ -267,6 +282,28 @@ class SwapAEGenerator(nn.Module):
     def _add_block(self, name: str, block: ModulatedResBlock) -> None:
         self.add_module(name, block)
         self.block_names.append(name)
+
+    def draw_noise(self, size: tuple[int, int], generator: torch.Generator | None = None) -> list[Tensor | None]:
+        """One (1, 1, h, w) N(0, 1) map per StyledConv, for a structure code of spatial ``size``,
+        drawn in the order the forward pass draws them (None for a layer without noise); on the
+        generator's device. Passed as ``fixed_noise``, they are shared by a batch, so that an
+        image's output does not depend on the batch it is in (and a tiled pass can cut them up)."""
+        device = generator.device if generator is not None else None
+        height, width = size
+        maps: list[Tensor | None] = []
+        for name in self.block_names:
+            block = getattr(self, name)
+            if block.upsample:
+                height, width = 2 * height, 2 * width
+            for conv in (block.conv1, block.conv2):
+                maps.append(torch.randn(1, 1, height, width, generator=generator, device=device) if conv.inject_noise else None)
+        return maps
+
+    def seeded(self, structure: Tensor, texture: Tensor, seed: int = 0) -> Tensor:
+        """G(structure, texture) with the noise ``draw_noise`` draws from ``seed`` (inference: the
+        same noise for every image of the batch and for every texture, so sequences do not flicker)."""
+        noise = self.draw_noise(structure.shape[-2:], torch.Generator().manual_seed(seed))
+        return self(structure, texture, fixed_noise=[n if n is None else n.to(structure) for n in noise])
 
     @property
     def noise_layers(self) -> list[str]:
