@@ -17,6 +17,7 @@ from gan_style.cli import main as cli_main
 from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.engine.trainer import Trainer
 from gan_style.methods.swapae import SwapAE, swap_pairs
+from gan_style.nn.swapae_discriminators import PatchCooccurrenceDiscriminator
 
 
 @pytest.fixture(autouse=True)
@@ -154,3 +155,25 @@ def test_the_reference_checkpoint_loads_and_swaps():
     close(structure, cases["E.structure_code"])
     close(model.decode(structure, texture), cases["G.rec"])
     close(model.swap(x[:1], x[1:2]), cases["G.swap_s0_t1"])
+
+
+def test_recomputing_the_patch_features_gives_the_same_gradients_r1_included():
+    torch.manual_seed(0)
+    method = smoke()
+    nets = method.build_networks()
+    kept = PatchCooccurrenceDiscriminator(nets["Dpatch"].spec, recompute=False)
+    kept.load_state_dict(nets["Dpatch"].state_dict())
+    assert nets["Dpatch"].recompute  # the default: memory, not numerics
+    x = method.synthetic_batch(64, 2, torch.Generator().manual_seed(0))
+
+    def gradients(Dpatch, step):
+        Dpatch.zero_grad(set_to_none=True)
+        out = step(StepContext({**nets, "Dpatch": Dpatch}, {}, 0, 1, streams=Streams()), x)
+        sum(v for k, v in out.losses.items() if "patch" in k).backward()
+        return [p.grad.clone() for p in Dpatch.parameters() if p.grad is not None]
+
+    for step in (method.discriminator_step, method.r1_step):
+        recomputed, stored = gradients(nets["Dpatch"], step), gradients(kept, step)
+        assert len(recomputed) == len(stored) > 0
+        for a, b in zip(recomputed, stored):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

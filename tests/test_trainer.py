@@ -11,6 +11,7 @@ from gan_style.data.sharding import epoch_order, shard_batches
 from gan_style.engine import checkpoint as checkpoint_module
 from gan_style.engine.checkpoint import load_checkpoint
 from gan_style.engine.contract import config_from_overrides
+from gan_style.engine.memory import HeapTrimmer
 from gan_style.engine.trainer import Trainer
 from gan_style.methods.cyclegan import CycleGAN
 
@@ -88,3 +89,30 @@ def test_epoch_order_and_sharding():
     assert len(rank0) == len(rank1) == 2
     seen = {i for batch in rank0 + rank1 for i in batch}
     assert seen == set(range(7))
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+
+def test_heap_trimmer_hands_free_heap_pages_back():
+    trimmer = HeapTrimmer()
+    if not trimmer.available:
+        pytest.skip("the heap trimmer needs glibc (malloc_trim, mallinfo2)")
+    blocks = [torch.ones(24_000) for _ in range(4000)]  # ~96 KB each: below glibc's mmap threshold, on the heap
+    del blocks[:-1]  # the last block keeps the top of the heap, so glibc's own trimming cannot return the rest
+    before = _resident_mb()
+    assert trimmer.free_bytes() > 300 * 2**20
+    assert trimmer()
+    assert before - _resident_mb() > 250
+
+
+def test_the_trainer_trims_the_heap_after_each_phase_when_asked(demo_cache, monkeypatch):
+    calls = []
+    monkeypatch.setattr(HeapTrimmer, "__call__", lambda self: calls.append(1) or True)
+    Trainer(CycleGAN(tiny_config(max_steps=2, trim_heap=True)), show_progress=False).fit()
+    assert len(calls) == 4  # after the G and D phases of two iterations
+    calls.clear()
+    Trainer(CycleGAN(tiny_config(max_steps=2)), show_progress=False).fit()
+    assert calls == []  # the default: never

@@ -55,6 +55,10 @@ class TrainConfig:
     # start (gan_style.engine.kernels), which also picks the norms' precision in bf16/fp16 steps.
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
+    # After each optimisation phase on the CPU, hand the C heap's free pages back to the system
+    # (glibc's malloc_trim, gan_style.engine.memory): a lower peak for steps whose phases leave
+    # large holes (the Swapping Autoencoder's default), page faults that cost time for the rest.
+    trim_heap: bool = False
     # Cadence, in iterations (the reference's print_freq, display_freq, save_latest_freq).
     log_every: int = 100
     image_every: int = 400

@@ -47,6 +47,7 @@ from gan_style.engine.checkpoint import (
 from gan_style.engine.contract import Method, OptimizerSpec, StepContext
 from gan_style.engine.ema import WeightAverage
 from gan_style.engine.kernels import KernelChoice, choose_kernels, set_norm_kernel
+from gan_style.engine.memory import HeapTrimmer
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.errors import CheckpointError
@@ -110,6 +111,7 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         networks = method.build_networks()
         self.kernels = self._choose_kernels()
+        self._trim_heap = HeapTrimmer() if self.config.trim_heap and self.device.type == "cpu" else None
         self.channels_last = self.kernels.channels_last
         self._raw: dict[str, nn.Module] = {}
         for name, net in networks.items():
@@ -224,6 +226,8 @@ class Trainer:
                 # the gradients are spent: free them now, not at this optimiser's next phase, so
                 # that the next phase's activations do not sit on top of them
                 optimizer.zero_grad(set_to_none=True)
+                if self._trim_heap is not None:  # the phase's activations are freed now
+                    self._trim_heap()
             carry.update(out.carry)
             progress.phase_runs[phase.name] = progress.phase_runs.get(phase.name, 0) + 1
             ran.add(phase.name)

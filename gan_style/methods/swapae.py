@@ -64,7 +64,7 @@ class SwapAEConfig(MethodConfig):
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             batch_size=16, lr_unit="iteration", lr_policy="constant", max_steps=IMAGE_BUDGET // 16,
-            channels_last=False, log_every=100, image_every=1000, save_every=10_000,
+            channels_last=False, log_every=100, image_every=1000, save_every=10_000, trim_heap=True,
         )
     )
     # codes
@@ -91,6 +91,9 @@ class SwapAEConfig(MethodConfig):
     patch_min_scale: float = 1 / 8
     patch_max_scale: float = 1 / 4
     patch_use_aggregation: bool = True
+    # memory, not numerics: Dpatch recomputes each block's activations in the backward
+    # (activation checkpointing) instead of keeping those of its 8 crops x 3 patch sets
+    patch_recompute: bool = True
     # objective
     lambda_L1: float = 1.0
     lambda_GAN: float = 1.0  # non-saturating GAN on the swapped images
@@ -186,7 +189,8 @@ class SwapAE(Method):
             "E": SwapAEEncoder(encoder),
             "G": SwapAEGenerator(generator),
             "D": SwapAEDiscriminator(SwapAEDiscriminatorSpec(c.data.crop_size, c.netD_scale_capacity, c.netD_max_nc)),
-            "Dpatch": PatchCooccurrenceDiscriminator(PatchDiscriminatorSpec(c.patch_size, c.netPatchD_scale_capacity, c.netPatchD_max_nc)),
+            "Dpatch": PatchCooccurrenceDiscriminator(PatchDiscriminatorSpec(c.patch_size, c.netPatchD_scale_capacity, c.netPatchD_max_nc),
+                                                     recompute=c.patch_recompute),
         }
 
     def optimizers(self) -> list[OptimizerSpec]:

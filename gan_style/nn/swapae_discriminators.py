@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from gan_style.nn.stylegan2 import ConvLayer, EqualLinear, ResBlock
 
@@ -135,9 +136,12 @@ class PatchCooccurrenceDiscriminator(nn.Module):
     reference's without the ``Dpatch.`` prefix.
     """
 
-    def __init__(self, spec: PatchDiscriminatorSpec = PatchDiscriminatorSpec()):
+    def __init__(self, spec: PatchDiscriminatorSpec = PatchDiscriminatorSpec(), recompute: bool = False):
         super().__init__()
         self.spec = spec
+        # keep only each block's input for the backward and recompute its inside there
+        # (activation checkpointing: the same gradients, R1's double backward included)
+        self.recompute = recompute
         width, max_nc = spec.channels, spec.max_nc
         if width(4) != max_nc:
             # the first pair layer is sized from the 4x4 width but sees 2 x (max_nc, 2, 2) features
@@ -165,7 +169,12 @@ class PatchCooccurrenceDiscriminator(nn.Module):
         size = self.spec.patch_size
         if (height, width) != (size, size):
             raise ValueError(f"this patch discriminator takes {size}x{size} patches, got {(height, width)}")
-        features = self.convs(rearrange(patches, "b t c h w -> (b t) c h w"))
+        features = rearrange(patches, "b t c h w -> (b t) c h w")
+        if self.recompute and torch.is_grad_enabled():
+            for block in self.convs:
+                features = checkpoint(block, features, use_reentrant=False)
+        else:
+            features = self.convs(features)
         if aggregate:
             mean = reduce(features, "(b t) c h w -> b c h w", "mean", b=batch)
             features = repeat(mean, "b c h w -> (b t) c h w", t=patches.shape[1])
