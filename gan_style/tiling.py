@@ -20,9 +20,12 @@ Memory is bounded by the tile size plus the buffers (at most ``memory_budget``).
 the whole-image pass up to float32 rounding (the sums are taken in another order).
 
 Covered: any network built of the layers :func:`lower` knows (the CycleGAN / CUT / FastCUT ResNet
-generators, antialiased sampling included, and U-Nets made of them), MUNIT (content encoder and
-AdaIN decoder, see :func:`munit_program`) and AdaIN style transfer (:func:`adain_program`). Others
-raise :class:`Unsupported`, and ``translate`` falls back to per-tile normalisation with a warning.
+generators, antialiased sampling included, U-Nets made of them, StyleGAN2's convolution, blur and
+residual blocks), MUNIT (content encoder and AdaIN decoder, see :func:`munit_program`), AdaIN style
+transfer (:func:`adain_program`) and the Swapping Autoencoder (:func:`swapae_program`: its texture
+codes are image-global, gathered first; its per-pixel noise is drawn for the whole image and cut to
+each region). Others raise :class:`Unsupported`, and ``translate`` falls back to per-tile
+normalisation with a warning.
 """
 
 from __future__ import annotations
