@@ -1,7 +1,7 @@
 """Tiled translation that equals the whole-image pass.
 
 A network is lowered to a list of operations whose geometry is known (padding, convolution,
-transposed convolution, pooling, up-sampling, crops, pointwise maps, residual sums) and of
+transposed convolution, pooling, up-sampling, pointwise maps, residual sums) and of
 *statistics* layers (instance / group / layer norm, AdaIN): layers whose output at a pixel depends
 on statistics of the whole image. The executor never runs a statistics layer on a tile alone:
 
@@ -262,25 +262,6 @@ class TransposedConv(AxisOp):
         (r0, r1), (c0, c1) = ((out[a][0] - starts[a], out[a][1] - starts[a]) for a in (0, 1))
         y = F.pad(y, (0, max(0, c1 - y.shape[-1]), 0, max(0, r1 - y.shape[-2])))[..., r0:r1, c0:c1]
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
-
-
-class Crop(AxisOp):
-    def __init__(self, rows: int, cols: int):
-        self.amount = (rows, cols)
-
-    def size_1d(self, n: int, axis: int) -> int:
-        return n - 2 * self.amount[axis]
-
-    def need_1d(self, span: Span, n: int, axis: int) -> Span:
-        return span[0] + self.amount[axis], span[1] + self.amount[axis]
-
-    def exact_1d(self, span: Span, n: int, axis: int) -> tuple[Span, int, int]:
-        c = self.amount[axis]
-        start, stop = max(0, span[0] - c), min(n - 2 * c, span[1] - c)
-        return (start, stop), start + c - span[0], stop + c - span[0]
-
-    def tensor(self, x: Tensor, touches: tuple[tuple[bool, bool], tuple[bool, bool]]) -> Tensor:
-        return x
 
 
 class Upsample(AxisOp):
@@ -640,8 +621,7 @@ def lower(module: nn.Module, adain: Iterator[tuple[Tensor, Tensor]] | None = Non
         filt, channels = module.filt, module.channels
         return [Pad((1, 1, 1, 1), "reflect"), Window((3, 3), (2, 2), (1, 1), lambda x: F.conv2d(x, filt, stride=2, groups=channels))]
     if isinstance(module, antialias.Upsample):
-        return [Pad((1, 1, 1, 1), "replicate"), TransposedConv(weight=module.filt, stride=(2, 2), padding=(2, 2), groups=module.channels),
-                Crop(1, 1)]
+        return [Pad((1, 1, 1, 1), "replicate"), TransposedConv(weight=module.filt, stride=(2, 2), padding=(3, 3), groups=module.channels)]
     if isinstance(module, nn.InstanceNorm2d):  # our InstanceNorm2d too (group norm with one channel per group)
         if module.track_running_stats and not module.training:
             raise Unsupported("instance norm with running statistics")

@@ -50,8 +50,10 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Zero-insertion x2 upsampling with outer([1, 3, 3, 1]) / 64 * 4 (replicate padding); the
-    transposed conv gives 2H + 2 rows, of which the first and the last are dropped."""
+    """Zero-insertion x2 upsampling with outer([1, 3, 3, 1]) / 64 * 4 (replicate padding). The
+    reference's transposed conv (padding 2) gives 2H + 2 rows and drops the first and the last;
+    padding 3 drops them inside the convolution, so the output is a contiguous tensor, not a
+    cropped view (that the next convolution would copy, slowly, in bf16)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -61,5 +63,4 @@ class Upsample(nn.Module):
     @_in_float32
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")
-        y = F.conv_transpose2d(x, self.filt, stride=2, padding=2, groups=self.channels)
-        return y[:, :, 1:-1, 1:-1]
+        return F.conv_transpose2d(x, self.filt, stride=2, padding=3, groups=self.channels)
