@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_style.nn.layers import InstanceNorm2d
+from gan_style.nn.layers import InstanceNorm2d, pad
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _time_layer(device: torch.device, dtype: torch.dtype, channels_last: bool, n
     def layer() -> None:
         # a generator's pattern: reflection padding, conv, norm, ReLU, then a transposed conv
         # (the decoder's up-sampling) and its norm
-        y = F.relu(norm(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), weight)))
+        y = F.relu(norm(F.conv2d(pad(x, (1, 1, 1, 1), "reflect"), weight)))
         up = F.conv_transpose2d(y, up_weight, stride=2, padding=1, output_padding=1)
         F.relu(norm(up)).sum().backward()
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from gan_style.nn.antialias import Downsample, Upsample
-from gan_style.nn.layers import conv_bias_for, init_weights, norm_layer
+from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, conv_bias_for, init_weights, norm_layer
 
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "resnet_4blocks", "unet_128", "unet_256")
 
@@ -27,9 +27,9 @@ class ResnetBlock(nn.Module):
 
         def pad() -> list[nn.Module]:
             if padding == "reflect":
-                return [nn.ReflectionPad2d(1)]
+                return [ReflectionPad2d(1)]
             if padding == "replicate":
-                return [nn.ReplicationPad2d(1)]
+                return [ReplicationPad2d(1)]
             return []
 
         conv_padding = 1 if padding == "zero" else 0
@@ -71,7 +71,7 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         bias = conv_bias_for(norm)
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3),
+            ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, 7, padding=0, bias=bias),
             norm_layer(norm, ngf),
             nn.ReLU(True),
@@ -108,7 +108,7 @@ class ResnetGenerator(nn.Module):
                     nn.ReLU(True),
                 ]
             channels //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(channels, out_channels, 7, padding=0), nn.Tanh()]
+        layers += [ReflectionPad2d(3), nn.Conv2d(channels, out_channels, 7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         #: inputs whose sides are multiples of this give outputs of the same size
         self.size_multiple = 4

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gan_style.nn.adain import adaptive_instance_norm
-from gan_style.nn.layers import norm_layer
+from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, norm_layer
 
 __all__ = [
     "AdaptiveInstanceNorm2d",
@@ -60,7 +60,7 @@ def activation_layer(kind: str) -> nn.Module:
 
 
 def padding_layer(kind: str, size: int) -> nn.Module:
-    layers = {"reflect": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d, "zero": nn.ZeroPad2d}
+    layers = {"reflect": ReflectionPad2d, "replicate": ReplicationPad2d, "zero": nn.ZeroPad2d}
     if kind not in layers:
         raise ValueError(f"pad_type must be one of {', '.join(PAD_TYPES)}, got {kind!r}")
     return layers[kind](size)

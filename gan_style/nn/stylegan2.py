@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gan_style.nn.layers import ReflectionPad2d
+
 DEFAULT_BLUR_TAPS = (1, 3, 3, 1)
 
 
@@ -462,7 +464,7 @@ class ConvLayer(nn.Sequential):
         stride, padding = (2, 0) if downsample else (1, kernel_size // 2 if padding is None else padding)
         if pad_mode == "reflect":
             before, after = blur_pad if downsample else (padding, padding)
-            layers.append(("Pad", nn.ReflectionPad2d((before, after, before, after))))
+            layers.append(("Pad", ReflectionPad2d((before, after, before, after))))
             blur_pad, padding = (0, 0), 0
         if downsample:
             layers.append(("Blur", Blur(blur_taps, blur_pad)))

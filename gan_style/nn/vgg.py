@@ -34,6 +34,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from gan_style.nn.layers import ReflectionPad2d
+
 __all__ = [
     "ADAIN_ENCODER_LAYERS",
     "ADAIN_RELEASE_URL",
@@ -369,7 +371,7 @@ def adain_vgg_sequential() -> nn.Sequential:
     in_channels = 3
     for block, (out_channels, convs) in enumerate(_VGG19_BLOCKS):
         for _ in range(convs):
-            layers += [nn.ReflectionPad2d(1), nn.Conv2d(in_channels, out_channels, kernel_size=3), nn.ReLU()]
+            layers += [ReflectionPad2d(1), nn.Conv2d(in_channels, out_channels, kernel_size=3), nn.ReLU()]
             in_channels = out_channels
         if block < len(_VGG19_BLOCKS) - 1:  # the released network has no pool after relu5_4
             layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))

@@ -52,6 +52,7 @@ from gan_style.engine.contract import InputSpec, Method, MethodConfig, Optimizer
 from gan_style.losses.perceptual import mean_std_style_loss
 from gan_style.methods.nst.gatys import normalised_blend
 from gan_style.nn.adain import adaptive_instance_norm
+from gan_style.nn.layers import ReflectionPad2d
 from gan_style.nn.vgg import (
     ADAIN_RELEASE_URL,
     NormalisedVGGEncoder,
@@ -145,7 +146,7 @@ class AdaINDecoder(nn.Sequential):
 
     def __init__(self) -> None:
         def conv(in_channels: int, out_channels: int, relu: bool = True) -> list[nn.Module]:
-            layers: list[nn.Module] = [nn.ReflectionPad2d(1), nn.Conv2d(in_channels, out_channels, kernel_size=3)]
+            layers: list[nn.Module] = [ReflectionPad2d(1), nn.Conv2d(in_channels, out_channels, kernel_size=3)]
             return layers + [nn.ReLU()] if relu else layers
 
         def up() -> list[nn.Module]:
