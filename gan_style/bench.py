@@ -1,7 +1,8 @@
 """``gan-style bench METHOD --size N``: seconds per training iteration, peak memory and GFLOP/s.
 
-Trains the method's default (full-size, paper-preset) networks at batch 1 on synthetic images
-for a few iterations through the same ``Trainer.train_step`` that real training uses, and
+Trains the method's default (full-size, paper-preset) networks at batch 1 (the method's
+``bench_batch_size``: 2 for the Swapping Autoencoder) on synthetic crops of the given size
+(``data.crop_size`` follows ``--size`` unless a ``--set data.*`` says otherwise) for a few iterations through the same ``Trainer.train_step`` that real training uses, and
 reports the median time per iteration after warm-up and the process's peak resident memory
 (which includes the ~0.8 GB of ``import torch, torchvision``, as the reference figures do).
 
@@ -101,15 +102,20 @@ def peak_matmul_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = 
     return 2 * n**3 / min(timings) / 1e9, n
 
 
-def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int = 1, preset: str | None = None, overrides: Mapping[str, Any] | None = None, count_flops: bool = True) -> dict[str, Any]:
+def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int | None = None, preset: str | None = None, overrides: Mapping[str, Any] | None = None, count_flops: bool = True) -> dict[str, Any]:
     from gan_style.engine.contract import config_from_overrides
     from gan_style.engine.trainer import STEP_DTYPES, Trainer
     from gan_style.methods import get_method
 
     method_cls = get_method(method_name)
+    batch_size = batch_size or method_cls.bench_batch_size
     settings: dict[str, Any] = {"train.batch_size": batch_size}
     settings.update(overrides or {})
     config = config_from_overrides(method_cls, preset, settings)
+    data = getattr(config, "data", None)
+    if data is not None and hasattr(data, "crop_size") and not any(key.startswith("data.") for key in settings):
+        # the benchmark's images are the training crops (the Swapping Autoencoder's D is built for its crop size)
+        config = config_from_overrides(method_cls, preset, {**settings, "data.crop_size": size, "data.load_size": size})
     trainer = Trainer(method_cls(config), run_dir=None, show_progress=False)
     generator = torch.Generator().manual_seed(0)
     # The timed unit is one cycle of the phases that alternate by iteration (the Swapping

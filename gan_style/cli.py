@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     bench.add_argument("--steps", type=int, default=5, help="timed iterations (default 5)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
-    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--batch-size", type=int, default=None, help="default: the method's timing unit (1; the Swapping Autoencoder 2)")
     bench.add_argument("--preset", default=None, help="preset (default: the method's paper preset)")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE", help="override config fields")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

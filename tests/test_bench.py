@@ -72,3 +72,10 @@ def test_a_counted_step_trains_like_an_uncounted_one():
         weights.append(after)
     for key in weights[0]:
         torch.testing.assert_close(weights[1][key], weights[0][key])
+
+
+def test_bench_swapae_needs_no_settings_for_its_crop_and_batch(capsys):
+    # its image discriminator is built for the crop size, and swaps pair the images of a batch
+    assert cli_main(["bench", "swapae", "--preset", "smoke", "--size", "32", "--steps", "1", "--warmup", "0", "--json", "--no-flops"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["batch_size"] == 2 and result["size"] == 32 and result["iterations_per_step"] == 2

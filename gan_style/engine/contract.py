@@ -198,6 +198,8 @@ class Method:
     default_preset: ClassVar[str | None] = None
     #: networks whose exponential moving average (train.ema_decay) inference uses
     ema_networks: ClassVar[tuple[str, ...]] = ()
+    #: the batch ``gan-style bench`` times unless told otherwise (the reference's timing unit)
+    bench_batch_size: ClassVar[int] = 1
     #: directions ``translator`` accepts
     directions: ClassVar[tuple[str, ...]] = ("AtoB",)
 

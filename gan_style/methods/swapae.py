@@ -171,6 +171,7 @@ class SwapAE(Method):
     }
     default_preset = "paper"
     ema_networks = ("E", "G")
+    bench_batch_size = 2  # the smallest batch with a swap pair, as the reference is timed
 
     config: SwapAEConfig
 
