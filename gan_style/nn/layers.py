@@ -24,10 +24,17 @@ class _PadsInItsInputDtype(nn.Module):
     Padding only copies values, so it runs in its input's dtype here, outside autocast."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(x.device.type):
+        if _autocast_on(x):
             with torch.autocast(x.device.type, enabled=False):
                 return super().forward(x)
         return super().forward(x)
+
+
+def _autocast_on(x: Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta tensors)
+        return False
 
 
 class ReflectionPad2d(_PadsInItsInputDtype, nn.ReflectionPad2d):
@@ -40,8 +47,10 @@ class ReplicationPad2d(_PadsInItsInputDtype, nn.ReplicationPad2d):
 
 def pad(x: Tensor, pads: tuple[int, ...], mode: str) -> Tensor:
     """``F.pad`` in ``x``'s dtype under autocast (see ``_PadsInItsInputDtype``)."""
-    with torch.autocast(x.device.type, enabled=False):
-        return F.pad(x, pads, mode=mode)
+    if _autocast_on(x):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.pad(x, pads, mode=mode)
+    return F.pad(x, pads, mode=mode)
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
