@@ -108,7 +108,9 @@ def pipelines(model, manifest: dict, fmt: str, folder: Path):
             structure, own = call("encoder", image=x)
             target = call("encoder", image=texture)[1]
             mixed = torch.lerp(own, target.expand_as(own), 0.6)
-            noise = noise_maps(entry, x.shape[0], structure.shape[-2], structure.shape[-1], torch.Generator().manual_seed(2))
+            # the translator's noise: one map per layer, shared by the batch
+            noise = noise_maps(entry, 1, structure.shape[-2], structure.shape[-1], torch.Generator().manual_seed(2))
+            noise = {name: n.expand(x.shape[0], -1, -1, -1).contiguous() for name, n in noise.items()}
             return call("generator", structure=structure, texture=mixed, **noise)[0]
 
         yield "swapae swap", lambda x: model.bind("AtoB", texture=texture, alpha=0.6, seed=2)[0](x), exported
