@@ -6,18 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, pad
+from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d
 
 
-@pytest.mark.parametrize("ours,theirs,mode", [(ReflectionPad2d, nn.ReflectionPad2d, "reflect"), (ReplicationPad2d, nn.ReplicationPad2d, "replicate")])
-def test_pads_keep_bf16_under_cpu_autocast_and_their_values(ours, theirs, mode):
+@pytest.mark.parametrize("ours,theirs", [(ReflectionPad2d, nn.ReflectionPad2d), (ReplicationPad2d, nn.ReplicationPad2d)])
+def test_pads_keep_bf16_under_cpu_autocast_and_their_values(ours, theirs):
     x = torch.randn(2, 3, 9, 7).bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert theirs(2)(x).dtype == torch.float32  # why these exist: autocast's fp32 list
-        padded, functional = ours(2)(x), pad(x, (2, 2, 2, 2), mode)
-    assert padded.dtype == functional.dtype == torch.bfloat16
-    expected = theirs(2)(x.float())
-    assert torch.equal(padded.float(), expected) and torch.equal(functional.float(), expected)
+        padded = ours(2)(x)
+    assert padded.dtype == torch.bfloat16
+    assert torch.equal(padded.float(), theirs(2)(x.float()))
     padded.float().sum().backward()
     (reference,) = torch.autograd.grad(theirs(2)(x.float()).sum(), x)
     assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad.float(), reference.float())
