@@ -33,13 +33,12 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from gan_style.config import parse_set_arguments
 from gan_style.data.images import find_images, load_rgb, pil_to_tensor
 from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.trainer import Trainer
-from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram
+from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram, reconstruction_error, swap_directions
 from gan_style.methods.swapae import SwapAE
 
 
@@ -67,25 +66,12 @@ def main() -> None:
         paintings, photos = held_out(root / "testA", args.held_out), held_out(root / "testB", args.held_out)
         E, G = trainer.unwrapped("E"), trainer.unwrapped("G")
 
-        def decode(structure, texture):
-            return G(structure, texture, noise=torch.Generator().manual_seed(0)).clamp(-1, 1)
-
-        def reconstruction_error() -> float:
-            with torch.no_grad():
-                images = torch.cat([paintings, photos])
-                return F.l1_loss(decode(*E(images)), images).item()
-
-        before = reconstruction_error()
+        before = reconstruction_error(E, G, torch.cat([paintings, photos]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.fit()
-        after = reconstruction_error()
-        with torch.no_grad():
-            (photo_structure, photo_texture), (painting_structure, painting_texture) = E(photos), E(paintings)
-            directions = {
-                "photo structure, painting texture": (decode(photo_structure, painting_texture), decode(photo_structure, photo_texture), paintings, photos),
-                "painting structure, photo texture": (decode(painting_structure, photo_texture), decode(painting_structure, painting_texture), photos, paintings),
-            }
+        after = reconstruction_error(E, G, torch.cat([paintings, photos]))
+        directions = swap_directions(E, G, paintings, photos)
     print(f"held-out reconstruction L1: {before:.3f} -> {after:.3f} after {args.steps} steps")
     for direction, (swapped, own, texture, structure) in directions.items():
         print(direction)

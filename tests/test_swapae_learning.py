@@ -30,13 +30,12 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import DATA, require_shared
 from gan_style.data.images import find_images, load_rgb, pil_to_tensor
 from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.trainer import Trainer
-from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram
+from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram, reconstruction_error, swap_directions
 from gan_style.methods.swapae import SwapAE
 
 ITERATIONS = 400
@@ -58,27 +57,14 @@ def test_swapae_reconstructs_keeps_structure_and_its_texture_code_steers_colour_
     paintings, photos = held_out(root / "testA"), held_out(root / "testB")
     E, G = trainer.unwrapped("E"), trainer.unwrapped("G")
 
-    def decode(structure, texture):
-        return G(structure, texture, noise=torch.Generator().manual_seed(0)).clamp(-1, 1)
-
-    def reconstruction_error():
-        with torch.no_grad():
-            images = torch.cat([paintings, photos])
-            return F.l1_loss(decode(*E(images)), images).item()
-
-    before = reconstruction_error()
+    before = reconstruction_error(E, G, torch.cat([paintings, photos]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit()
-    after = reconstruction_error()
+    after = reconstruction_error(E, G, torch.cat([paintings, photos]))
     assert after < 0.8 * before, f"held-out reconstruction L1 {before:.3f} -> {after:.3f}"
 
-    with torch.no_grad():
-        (photo_structure, photo_texture), (painting_structure, painting_texture) = E(photos), E(paintings)
-        directions = {
-            "photo structure, painting texture": (decode(photo_structure, painting_texture), decode(photo_structure, photo_texture), paintings, photos),
-            "painting structure, photo texture": (decode(painting_structure, photo_texture), decode(painting_structure, painting_texture), photos, paintings),
-        }
+    directions = swap_directions(E, G, paintings, photos)
     for direction, (swapped, own, texture, structure) in directions.items():
         to_structure, to_texture = distance(edges(swapped), edges(structure)).mean(), distance(edges(swapped), edges(texture)).mean()
         assert to_structure < to_texture, f"{direction}: edges at {to_structure:.1f} from the structure image, {to_texture:.1f} from the texture image"

@@ -37,3 +37,26 @@ def edges(images: Tensor) -> Tensor:
 def distance(a: Tensor, b: Tensor) -> Tensor:
     """Per-image Euclidean distance of two batches of statistics."""
     return (a - b).norm(dim=1)
+
+
+def _decode(G, structure: Tensor, texture: Tensor, seed: int) -> Tensor:
+    return G(structure, texture, noise=torch.Generator().manual_seed(seed)).clamp(-1, 1)
+
+
+@torch.no_grad()
+def reconstruction_error(E, G, images: Tensor, seed: int = 0) -> float:
+    """Mean L1 between ``images`` and G(E(images)) (clamped to [-1, 1], the noise of ``seed``)."""
+    return F.l1_loss(_decode(G, *E(images), seed), images).item()
+
+
+@torch.no_grad()
+def swap_directions(E, G, paintings: Tensor, photos: Tensor, seed: int = 0) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Both swap directions of paired batches: for each, (swap, the structure images' own
+    reconstruction, the texture images, the structure images)."""
+    (photo_structure, photo_texture), (painting_structure, painting_texture) = E(photos), E(paintings)
+    return {
+        "photo structure, painting texture": (_decode(G, photo_structure, painting_texture, seed),
+                                              _decode(G, photo_structure, photo_texture, seed), paintings, photos),
+        "painting structure, photo texture": (_decode(G, painting_structure, photo_texture, seed),
+                                              _decode(G, painting_structure, painting_texture, seed), photos, paintings),
+    }
