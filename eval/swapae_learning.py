@@ -29,21 +29,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import warnings
-from pathlib import Path
-
-import torch
 
 from gan_style.config import parse_set_arguments
-from gan_style.data.images import find_images, load_rgb, pil_to_tensor
-from gan_style.engine.contract import config_from_overrides
-from gan_style.engine.trainer import Trainer
-from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram, reconstruction_error, swap_directions
-from gan_style.methods.swapae import SwapAE
-
-
-def held_out(folder, count):
-    return torch.stack([pil_to_tensor(load_rgb(p).resize((64, 64))) for p in find_images(folder)[:count]])
+from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram, short_run
 
 
 def main() -> None:
@@ -55,23 +43,9 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=16, help="images of testA and of testB (pairs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the demo preset")
     args = parser.parse_args()
-    root = Path(args.data)
-    config = config_from_overrides(SwapAE, "demo", {
-        "data": {"root": str(root), "load_size": 64, "crop_size": 64},
-        "train": {"batch_size": args.batch_size, "max_steps": args.steps, "log_every": 50, "image_every": 10**9, "save_every": 10**9, "seed": args.seed},
-        **parse_set_arguments(args.set),
-    })
     with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(SwapAE(config), Path(run), show_progress=True)
-        paintings, photos = held_out(root / "testA", args.held_out), held_out(root / "testB", args.held_out)
-        E, G = trainer.unwrapped("E"), trainer.unwrapped("G")
-
-        before = reconstruction_error(E, G, torch.cat([paintings, photos]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit()
-        after = reconstruction_error(E, G, torch.cat([paintings, photos]))
-        directions = swap_directions(E, G, paintings, photos)
+        before, after, directions = short_run(args.data, run, args.steps, args.batch_size, args.seed, args.held_out,
+                                              parse_set_arguments(args.set), show_progress=True)
     print(f"held-out reconstruction L1: {before:.3f} -> {after:.3f} after {args.steps} steps")
     for direction, (swapped, own, texture, structure) in directions.items():
         print(direction)

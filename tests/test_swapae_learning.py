@@ -26,45 +26,21 @@ iterations), not that."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
-import torch
 
 from conftest import DATA, require_shared
-from gan_style.data.images import find_images, load_rgb, pil_to_tensor
-from gan_style.engine.contract import config_from_overrides
-from gan_style.engine.trainer import Trainer
-from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram, reconstruction_error, swap_directions
-from gan_style.methods.swapae import SwapAE
+from gan_style.evaluation.swap_statistics import colour_stats, distance, edges, local_gram, short_run
 
 ITERATIONS = 400
 PAIRS = 16
 
 
-def held_out(folder, count=PAIRS):
-    return torch.stack([pil_to_tensor(load_rgb(path).resize((64, 64))) for path in find_images(folder)[:count]])
-
-
 @pytest.mark.slow
 def test_swapae_reconstructs_keeps_structure_and_its_texture_code_steers_colour_on_real_images(tmp_path):
     root = require_shared(DATA / "vangogh2photo")
-    config = config_from_overrides(SwapAE, "demo", {
-        "data": {"root": str(root), "load_size": 64, "crop_size": 64},
-        "train": {"batch_size": 4, "max_steps": ITERATIONS, "log_every": 50, "image_every": 10**9, "save_every": 10**9, "seed": 1},
-    })
-    trainer = Trainer(SwapAE(config), tmp_path / "run", show_progress=False)
-    paintings, photos = held_out(root / "testA"), held_out(root / "testB")
-    E, G = trainer.unwrapped("E"), trainer.unwrapped("G")
-
-    before = reconstruction_error(E, G, torch.cat([paintings, photos]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit()
-    after = reconstruction_error(E, G, torch.cat([paintings, photos]))
+    before, after, directions = short_run(root, tmp_path / "run", ITERATIONS, batch_size=4, seed=1, pairs=PAIRS)
     assert after < 0.8 * before, f"held-out reconstruction L1 {before:.3f} -> {after:.3f}"
 
-    directions = swap_directions(E, G, paintings, photos)
     for direction, (swapped, own, texture, structure) in directions.items():
         to_structure, to_texture = distance(edges(swapped), edges(structure)).mean(), distance(edges(swapped), edges(texture)).mean()
         assert to_structure < to_texture, f"{direction}: edges at {to_structure:.1f} from the structure image, {to_texture:.1f} from the texture image"
