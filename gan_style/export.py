@@ -274,8 +274,7 @@ def _swapae_modules(networks: Mapping[str, nn.Module], config: Any) -> list[Expo
     E, G = networks["E"], networks["G"]
     down = 2**E.spec.num_downsampling_sp
     texture_dim = G.spec.global_code_ch
-    # the texture branch's unpadded stride-2 convolutions need this many pixels
-    least = down * (2 ** (E.spec.num_downsampling_gl + 1) - 1)
+    least = E.spec.min_texture_side  # what the texture branch's unpadded stride-2 convolutions need
     multiple = down * max(1, math.ceil(least / down / EXAMPLE_MULTIPLES))
 
     def seeded(g: torch.Generator | None) -> torch.Generator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -55,3 +56,22 @@ class Streams(dict):
     def __missing__(self, name: str) -> torch.Generator:
         self[name] = stream = torch.Generator().manual_seed(0)
         return stream
+
+
+#: CycleGAN at tiny widths on four demo images (the engine's tests; each adds its train options)
+TINY_CYCLEGAN = {
+    "ngf": 4,
+    "ndf": 4,
+    "netG": "resnet_6blocks",
+    "pool_size": 2,
+    "data": {"root": "demo", "load_size": 36, "crop_size": 32, "max_dataset_size": 4},
+}
+
+
+def tiny_cyclegan_config(train_base: dict, **train):
+    """CycleGAN's paper preset with ``TINY_CYCLEGAN``, ``train_base`` as its train options, then ``train``."""
+    from gan_style.engine.contract import config_from_overrides
+    from gan_style.methods.cyclegan import CycleGAN
+
+    config = config_from_overrides(CycleGAN, "paper", {**TINY_CYCLEGAN, "train": train_base})
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **train))

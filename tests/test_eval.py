@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -10,27 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DATA, require_shared
+from conftest import DATA, require_shared, tiny_cyclegan_config
 from gan_style.cli import main
 from gan_style.config import ConfigError
-from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.trainer import BEST, Trainer
 from gan_style.evaluation.eval_command import pair_sources
 from gan_style.methods.cyclegan import CycleGAN
 
-TINY = {
-    "ngf": 4,
-    "ndf": 4,
-    "netG": "resnet_6blocks",
-    "pool_size": 2,
-    "data": {"root": "demo", "load_size": 36, "crop_size": 32, "max_dataset_size": 4},
-    "train": {"n_epochs": 1, "n_epochs_decay": 1, "log_every": 2, "image_every": 100, "save_every": 1000},
-}
+TRAIN = {"n_epochs": 1, "n_epochs_decay": 1, "log_every": 2, "image_every": 100, "save_every": 1000}
 
 
 def tiny_config(**train):
-    config = config_from_overrides(CycleGAN, "paper", TINY)
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+    return tiny_cyclegan_config(TRAIN, **train)
 
 
 def write_images(folder: Path, count: int, smooth: bool, seed: int, prefix: str = "img") -> Path:

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
+from conftest import tiny_cyclegan_config
 from gan_style.data.sharding import epoch_order, shard_batches
 from gan_style.engine import checkpoint as checkpoint_module
 from gan_style.engine.checkpoint import load_checkpoint
-from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.memory import HeapTrimmer
 from gan_style.engine.trainer import Trainer
 from gan_style.methods.cyclegan import CycleGAN
 
-TINY = {
-    "ngf": 4,
-    "ndf": 4,
-    "netG": "resnet_6blocks",
-    "pool_size": 2,
-    "data": {"root": "demo", "load_size": 36, "crop_size": 32, "max_dataset_size": 4},
-    "train": {"n_epochs": 1, "n_epochs_decay": 2, "log_every": 2, "image_every": 3, "save_every": 1000, "channels_last": True},
-}
+TRAIN = {"n_epochs": 1, "n_epochs_decay": 2, "log_every": 2, "image_every": 3, "save_every": 1000, "channels_last": True}
 
 
 def tiny_config(**train):
-    config = config_from_overrides(CycleGAN, "paper", TINY)
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+    return tiny_cyclegan_config(TRAIN, **train)
 
 
 def record(history):

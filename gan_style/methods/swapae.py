@@ -296,10 +296,14 @@ class SwapAE(Method):
         E, G = nets["E"], nets["G"]
 
         def bind(texture: Tensor | None = None, alpha: float = 1.0, seed: int = 0) -> Callable[[Tensor], Tensor]:
-            # a texture image smaller than the texture head's unpadded convolutions need is enlarged
-            target = E(fit_texture_image(texture, E.spec))[1]
+            # the texture code is computed at the first call, not here: an exact tiled swap never
+            # calls this function and computes the code tile by tile (a huge texture image fits)
+            codes: list[Tensor] = []
 
             def swap(images: Tensor) -> Tensor:
+                if not codes:  # a texture image smaller than the texture head needs is enlarged
+                    codes.append(E(fit_texture_image(texture, E.spec))[1])
+                target = codes[0]
                 structure, own = E(images)
                 mixed = torch.lerp(own, target.to(own.dtype).expand_as(own) if target.shape[0] == 1 else target, alpha)
                 return G.seeded(structure, mixed, seed)  # an image's output does not depend on its batch
