@@ -1,4 +1,5 @@
-"""Shared layers (gan_style.nn.layers): padding in the input's dtype under autocast."""
+"""Shared layers (gan_style.nn.layers): padding in the input's dtype under autocast, and instance
+norm, the same function in every kernel and layout."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d
+from gan_style.nn.layers import InstanceNorm2d, ReflectionPad2d, ReplicationPad2d
 
 
 @pytest.mark.parametrize("ours,theirs", [(ReflectionPad2d, nn.ReflectionPad2d), (ReplicationPad2d, nn.ReplicationPad2d)])
@@ -22,3 +23,64 @@ def test_pads_keep_bf16_under_cpu_autocast_and_their_values(ours, theirs):
     assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad.float(), reference.float())
     assert torch.equal(ours(1)(x.float()), theirs(1)(x.float()))  # without autocast: the same module
     assert isinstance(ours(1), theirs)  # the exact tiler lowers them as padding
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kernel", ["float32", "native", "reductions", "contiguous"])
+def test_instance_norm_is_the_same_function_for_every_kernel_and_layout(kernel):
+    torch.manual_seed(0)
+    x = (torch.randn(2, 5, 6, 7, dtype=torch.float64) * 3 + 2).requires_grad_()
+    dy = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    expected = nn.InstanceNorm2d(5)(x)
+    (expected_grad,) = torch.autograd.grad(expected, x, dy)
+    norm = InstanceNorm2d(5, affine=False, track_running_stats=False)
+    norm.kernel = kernel
+    for layout in (lambda t: t, _channels_last):
+        y = norm(layout(x))
+        (grad,) = torch.autograd.grad(y, x, layout(dy))
+        torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+        assert y.is_contiguous(memory_format=torch.channels_last) == (layout is _channels_last)
+
+
+def test_channels_last_instance_norm_gradcheck():
+    x = _channels_last(torch.randn(2, 3, 5, 4, dtype=torch.float64) + 4).requires_grad_()
+    assert torch.autograd.gradcheck(InstanceNorm2d(3), (x,))
+
+
+def test_channels_last_instance_norm_is_accurate_when_the_mean_dwarfs_the_spread():
+    # PyTorch's CPU channels-last group norm takes E[x²] - E[x]² in fp32: 0.06 max error here
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 32, 32) + 100
+    expected = nn.InstanceNorm2d(64)(x.double())
+    assert (InstanceNorm2d(64)(_channels_last(x)).double() - expected).abs().max() < 1e-4
+
+
+def test_channels_last_instance_norm_in_bf16_autocast():
+    torch.manual_seed(0)
+    x = _channels_last(torch.randn(2, 16, 24, 20) * 2 + 30).bfloat16().requires_grad_()
+    dy = _channels_last(torch.randn(2, 16, 24, 20)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = InstanceNorm2d(16)(x)
+        z = nn.ReLU(inplace=True)(y)  # the output is no view: an in-place ReLU may follow
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    z.backward(dy)
+    reference_x = x.detach().double().requires_grad_()
+    reference = nn.InstanceNorm2d(16)(reference_x).relu()  # y is z: the ReLU overwrote it
+    reference.backward(dy.double())
+    # bf16 keeps 8 significant bits: within 2 of its units in the last place (2^-7 relative)
+    assert (y.double() - reference).abs().max() < 2 * 2**-7 * reference.abs().max()
+    assert x.grad.dtype == torch.bfloat16 and x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert (x.grad.double() - reference_x.grad).abs().max() < 2 * 2**-7 * reference_x.grad.abs().max()
+
+
+def test_kernel_choice_never_runs_pytorchs_channels_last_norm_on_the_cpu():
+    from gan_style.engine.kernels import choose_kernels
+
+    for dtype in (torch.float32, torch.bfloat16):
+        choice = choose_kernels("cpu", dtype)
+        assert "channels_last/reductions" in choice.timings_ms and "channels_last/native" not in choice.timings_ms
+        assert ("nchw/float32" in choice.timings_ms) == (dtype == torch.bfloat16)
