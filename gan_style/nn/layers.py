@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 NORMS = ("instance", "batch", "none")
@@ -95,22 +94,30 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
 
     The statistics are fp32 and the variance is the centred (two-pass) one. In bf16 the input is
     centred on its mean rounded to bf16, xc = x - mean₁₆, and ``offset`` = mean(xc) is what that
-    rounding left, so that x - mean = xc - offset exactly (in fp32 the offset is 0)."""
+    rounding left, so that x - mean = xc - offset (in fp32 the offset is left out: it is at the
+    level of fp32 rounding)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, eps: float) -> Tensor:
         n, c, h, w = x.shape
-        xv = rearrange(x, "n c h w -> n (h w) c")  # a view of a channels-last tensor
         statistics = torch.promote_types(x.dtype, torch.float32)
+        low_precision = statistics != x.dtype
+        xv = _per_pixel(x)
+        y = torch.empty_like(x)  # channels-last, and not a view (the next ReLU may work in place)
+        yv = _per_pixel(y)
         # CPU sums accumulate in fp32 also for bf16 inputs and round only the result, while
         # sum(dtype=fp32) would first copy the input to fp32
-        xc = xv - (xv.sum(1).to(statistics) / (h * w)).to(x.dtype).unsqueeze(1)
-        offset = xc.sum(1).to(statistics) / (h * w) if x.dtype != statistics else xc.new_zeros(n, c)
-        variance = (xc * xc).sum(1).to(statistics) / (h * w) - offset.square()
-        rstd = torch.rsqrt(variance + eps)
-        y = torch.empty_like(x)  # channels-last, and not a view (the next ReLU may work in place)
-        torch.addcmul((-offset * rstd).to(x.dtype).unsqueeze(1), xc, rstd.to(x.dtype).unsqueeze(1),
-                      out=rearrange(y, "n c h w -> n (h w) c"))
+        xc = xv - xv.sum(1, keepdim=True).div_(h * w)
+        torch.mul(xc, xc, out=yv)  # y's memory holds the squares until the output overwrites them
+        variance = yv.sum(1, keepdim=True).to(statistics).div_(h * w)
+        offset = xc.sum(1, keepdim=True).to(statistics).div_(h * w) if low_precision else None
+        if offset is not None:
+            variance.sub_(offset.square())
+        rstd = variance.add_(eps).rsqrt_()
+        if offset is not None:
+            torch.addcmul((-offset * rstd).to(x.dtype), xc, rstd.to(x.dtype), out=yv)
+        else:
+            torch.mul(xc, rstd, out=yv)
         ctx.save_for_backward(xc, offset, rstd)
         return y
 
@@ -118,15 +125,27 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
         xc, offset, rstd = ctx.saved_tensors
         n, hw, c = xc.shape
-        dyv = rearrange(dy.to(xc.dtype).contiguous(memory_format=torch.channels_last), "n c h w -> n (h w) c")
-        mean_dy = dyv.sum(1).to(rstd.dtype) / hw  # CPU sums accumulate in fp32, also for bf16
-        mean_dy_xhat = rstd * ((dyv * xc).sum(1).to(rstd.dtype) / hw - offset * mean_dy)
+        dyv = _per_pixel(dy.to(xc.dtype).contiguous(memory_format=torch.channels_last))
+        mean_dy = dyv.sum(1, keepdim=True).to(rstd.dtype).div_(hw)
+        product = dyv * xc
+        mean_dy_xhat = product.sum(1, keepdim=True).to(rstd.dtype).div_(hw)
+        if offset is not None:
+            mean_dy_xhat.sub_(offset * mean_dy)
+        mean_dy_xhat.mul_(rstd)
         # dx = rstd * dy + b * xc + c_, expanding x̂ = (xc - offset) * rstd
         b = -rstd * rstd * mean_dy_xhat
-        c_ = -rstd * mean_dy - b * offset
-        dx = torch.addcmul(c_.to(xc.dtype).unsqueeze(1), xc, b.to(xc.dtype).unsqueeze(1))
-        dx.addcmul_(dyv, rstd.to(xc.dtype).unsqueeze(1))
-        return rearrange(dx, "n (h w) c -> n c h w", h=dy.shape[2]), None
+        c_ = -rstd * mean_dy
+        if offset is not None:
+            c_.sub_(b * offset)
+        dx = torch.addcmul(c_.to(xc.dtype), xc, b.to(xc.dtype), out=product)  # the product is spent
+        dx.addcmul_(dyv, rstd.to(xc.dtype))
+        return dx.view(n, dy.shape[2], dy.shape[3], c).permute(0, 3, 1, 2), None
+
+
+def _per_pixel(x: Tensor) -> Tensor:
+    """A channels-last (N, C, H, W) tensor as the (N, HW, C) view of its memory."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).view(n, h * w, c)
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
