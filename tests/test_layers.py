@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_style.nn.layers import InstanceNorm2d, ReflectionPad2d, ReplicationPad2d
+from gan_style.nn.layers import InstanceNorm2d, ReflectionPad2d, ReplicationPad2d, instance_norm
 
 
 @pytest.mark.parametrize("ours,theirs", [(ReflectionPad2d, nn.ReflectionPad2d), (ReplicationPad2d, nn.ReplicationPad2d)])
@@ -84,3 +84,26 @@ def test_kernel_choice_never_runs_pytorchs_channels_last_norm_on_the_cpu():
         choice = choose_kernels("cpu", dtype)
         assert "channels_last/reductions" in choice.timings_ms and "channels_last/native" not in choice.timings_ms
         assert ("nchw/float32" in choice.timings_ms) == (dtype == torch.bfloat16)
+
+
+@pytest.mark.parametrize("affine_shape", [(2, 5), (1, 5), (5,)])
+def test_instance_norm_with_a_per_sample_affine_map(affine_shape):
+    torch.manual_seed(0)
+    x = (torch.randn(2, 5, 6, 7, dtype=torch.float64) + 3).requires_grad_()
+    scale = torch.rand(affine_shape, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(affine_shape, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+
+    def by_definition(x, scale, shift):
+        broadcast = (lambda t: t.reshape(-1, 5, 1, 1)) if len(affine_shape) == 2 else (lambda t: t.reshape(5, 1, 1))
+        return nn.InstanceNorm2d(5)(x) * broadcast(scale) + broadcast(shift)
+
+    expected = by_definition(x, scale, shift)
+    expected_grads = torch.autograd.grad(expected, (x, scale, shift), dy)
+    for layout in (lambda t: t, _channels_last):
+        y = instance_norm(layout(x), 1e-5, scale, shift)
+        torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+        for grad, expected_grad in zip(torch.autograd.grad(y, (x, scale, shift), layout(dy)), expected_grads):
+            torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+    cl = _channels_last(x.detach()).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t, g, b: instance_norm(t, 1e-5, g, b), (cl, scale, shift))

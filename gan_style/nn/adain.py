@@ -22,6 +22,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from gan_style.nn.layers import instance_norm
+
 __all__ = ["adaptive_instance_norm", "instance_mean_std"]
 
 
@@ -46,6 +48,9 @@ def adaptive_instance_norm(content: Tensor, style: Tensor | tuple[Tensor, Tensor
     has exactly the style's channel means and stds. ``unbiased=False`` is instance normalisation
     (MUNIT's ``AdaptiveInstanceNorm2d``).
     """
+    if not unbiased and not isinstance(style, Tensor):  # instance norm with a per-sample affine map
+        mean, std = (s.reshape(*s.shape[:2]) for s in style)
+        return instance_norm(content, eps, scale=std, shift=mean)
     content_mean, content_std = instance_mean_std(content, eps, unbiased)
     if isinstance(style, Tensor):
         style_mean, style_std = instance_mean_std(style, eps, unbiased)

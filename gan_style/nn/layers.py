@@ -24,13 +24,14 @@ class _PadsInItsInputDtype(nn.Module):
     Padding only copies values, so it runs in its input's dtype here, outside autocast."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if _autocast_on(x):
+        if autocast_on(x):
             with torch.autocast(x.device.type, enabled=False):
                 return super().forward(x)
         return super().forward(x)
 
 
-def _autocast_on(x: Tensor) -> bool:
+def autocast_on(x: Tensor) -> bool:
+    """Whether autocast is on for the device type of ``x`` (False for types it does not know)."""
     try:
         return torch.is_autocast_enabled(x.device.type)
     except RuntimeError:  # a device type autocast does not know (meta tensors)
@@ -70,18 +71,36 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         if channels_last and self.kernel == "contiguous":
             return F.group_norm(x.contiguous(), x.shape[1], eps=self.eps).contiguous(memory_format=torch.channels_last)
         if channels_last and self.kernel != "native":
-            if _autocast_on(x):  # x is already in the step's dtype (a convolution's output)
-                with torch.autocast(x.device.type, enabled=False):
-                    return _ChannelsLastInstanceNorm.apply(x, self.eps)
-            return _ChannelsLastInstanceNorm.apply(x, self.eps)
+            return instance_norm(x, self.eps)
         if not channels_last and self.kernel == "float32" and x.dtype in (torch.bfloat16, torch.float16):
             return F.group_norm(x.float(), x.shape[1], eps=self.eps).to(x.dtype)
         return F.group_norm(x, x.shape[1], eps=self.eps)
 
 
+def instance_norm(x: Tensor, eps: float = 1e-5, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+    """Instance normalisation of ``x`` (N, C, H, W): per sample and channel, (x - mean) /
+    sqrt(var + eps) with the biased variance; then ``* scale + shift`` when given, each (N, C) or
+    (C,) (MUNIT's AdaIN: per-sample, from the style). Channels-last tensors are normalised in
+    their layout (``_ChannelsLastInstanceNorm``), NCHW ones by PyTorch's group-norm kernel."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if x.dtype == torch.float16:  # its squares and scaled gradients overflow: normalise in fp32
+            return instance_norm(x.float(), eps, scale, shift).half()
+        if autocast_on(x):  # x is already in the step's dtype (a convolution's output)
+            with torch.autocast(x.device.type, enabled=False):
+                return _ChannelsLastInstanceNorm.apply(x, eps, scale, shift)
+        return _ChannelsLastInstanceNorm.apply(x, eps, scale, shift)
+    y = F.group_norm(x, x.shape[1], eps=eps)
+    if scale is None and shift is None:
+        return y
+    n, c = x.shape[:2]
+    scale = torch.ones((), dtype=y.dtype, device=y.device) if scale is None else scale.expand(n, c).reshape(n, c, 1, 1)
+    shift = torch.zeros((), dtype=y.dtype, device=y.device) if shift is None else shift.expand(n, c).reshape(n, c, 1, 1)
+    return torch.addcmul(shift, y, scale)
+
+
 class _ChannelsLastInstanceNorm(torch.autograd.Function):
-    """Instance norm (no affine) of a channels-last tensor from per-channel reductions, forward
-    and backward, without leaving the layout.
+    """Instance norm of a channels-last tensor from per-channel reductions, forward and
+    backward, without leaving the layout; with an optional per-sample affine map (AdaIN).
 
     PyTorch's CPU group-norm kernels are poor on channels-last tensors: the backward is 4-15x
     slower than on NCHW, and the forward takes the variance as E[x²] - E[x]², which cancels when
@@ -89,8 +108,8 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
     A detour through NCHW costs four layout copies. Viewed as (N, HW, C), a channels-last tensor's
     sums over HW are contiguous reductions and everything else is a broadcast multiply-add:
 
-        x̂ = (x - mean) * rstd,   rstd = 1 / sqrt(var + eps)                  (forward)
-        dx = rstd * (dy - mean(dy) - x̂ * mean(dy * x̂))                        (backward)
+        x̂ = (x - mean) * rstd,   rstd = 1 / sqrt(var + eps),   y = γ x̂ + β           (forward)
+        dx = γ rstd (dy - mean(dy) - x̂ mean(dy x̂)),   dγ = Σ dy x̂,   dβ = Σ dy     (backward)
 
     The statistics are fp32 and the variance is the centred (two-pass) one. In bf16 the input is
     centred on its mean rounded to bf16, xc = x - mean₁₆, and ``offset`` = mean(xc) is what that
@@ -98,7 +117,7 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
     level of fp32 rounding)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, eps: float) -> Tensor:
+    def forward(ctx, x: Tensor, eps: float, scale: Tensor | None, shift: Tensor | None) -> Tensor:
         n, c, h, w = x.shape
         statistics = torch.promote_types(x.dtype, torch.float32)
         low_precision = statistics != x.dtype
@@ -114,32 +133,61 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         if offset is not None:
             variance.sub_(offset.square())
         rstd = variance.add_(eps).rsqrt_()
-        if offset is not None:
-            torch.addcmul((-offset * rstd).to(x.dtype), xc, rstd.to(x.dtype), out=yv)
+        gamma = _per_sample(scale, n, c, statistics)
+        # y = xc * multiplier + addend, with per-(sample, channel) coefficients
+        multiplier = rstd if gamma is None else rstd * gamma
+        addend = None if offset is None else -offset * multiplier
+        if shift is not None:
+            beta = _per_sample(shift, n, c, statistics)
+            addend = beta if addend is None else addend.add_(beta)
+        if addend is not None:
+            torch.addcmul(addend.to(x.dtype), xc, multiplier.to(x.dtype), out=yv)
         else:
-            torch.mul(xc, rstd, out=yv)
-        ctx.save_for_backward(xc, offset, rstd)
+            torch.mul(xc, multiplier.to(x.dtype), out=yv)
+        ctx.save_for_backward(xc, offset, rstd, gamma)
+        ctx.affine_dtypes = (None if scale is None else scale.dtype, None if shift is None else shift.dtype)
+        ctx.affine_shapes = (None if scale is None else scale.shape, None if shift is None else shift.shape)
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
-        xc, offset, rstd = ctx.saved_tensors
+    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:
+        xc, offset, rstd, gamma = ctx.saved_tensors
         n, hw, c = xc.shape
         dyv = _per_pixel(dy.to(xc.dtype).contiguous(memory_format=torch.channels_last))
-        mean_dy = dyv.sum(1, keepdim=True).to(rstd.dtype).div_(hw)
+        sum_dy = dyv.sum(1, keepdim=True).to(rstd.dtype)
         product = dyv * xc
-        mean_dy_xhat = product.sum(1, keepdim=True).to(rstd.dtype).div_(hw)
+        sum_dy_xhat = product.sum(1, keepdim=True).to(rstd.dtype)
         if offset is not None:
-            mean_dy_xhat.sub_(offset * mean_dy)
-        mean_dy_xhat.mul_(rstd)
-        # dx = rstd * dy + b * xc + c_, expanding x̂ = (xc - offset) * rstd
-        b = -rstd * rstd * mean_dy_xhat
-        c_ = -rstd * mean_dy
+            sum_dy_xhat.sub_(offset * sum_dy)
+        sum_dy_xhat.mul_(rstd)
+        scale_dtype, shift_dtype = ctx.affine_dtypes
+        scale_shape, shift_shape = ctx.affine_shapes
+        d_scale = _sum_to(sum_dy_xhat, scale_shape, scale_dtype) if ctx.needs_input_grad[2] else None
+        d_shift = _sum_to(sum_dy, shift_shape, shift_dtype) if ctx.needs_input_grad[3] else None
+        if not ctx.needs_input_grad[0]:
+            return None, None, d_scale, d_shift
+        # dx = a * dy + b * xc + c_, expanding x̂ = (xc - offset) * rstd
+        a = rstd if gamma is None else rstd * gamma
+        b = -a * rstd * (sum_dy_xhat / hw)  # not in place: the sums may be d_scale, d_shift
+        c_ = -a * (sum_dy / hw)
         if offset is not None:
             c_.sub_(b * offset)
         dx = torch.addcmul(c_.to(xc.dtype), xc, b.to(xc.dtype), out=product)  # the product is spent
-        dx.addcmul_(dyv, rstd.to(xc.dtype))
-        return dx.view(n, dy.shape[2], dy.shape[3], c).permute(0, 3, 1, 2), None
+        dx.addcmul_(dyv, a.to(xc.dtype))
+        return dx.view(n, dy.shape[2], dy.shape[3], c).permute(0, 3, 1, 2), None, d_scale, d_shift
+
+
+def _per_sample(affine: Tensor | None, n: int, c: int, dtype: torch.dtype) -> Tensor | None:
+    """A (C,) or (N, C) scale or shift as (N, 1, C) in ``dtype``, to broadcast over (N, HW, C)."""
+    return None if affine is None else affine.to(dtype).expand(n, c).reshape(n, 1, c)
+
+
+def _sum_to(grad: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """The (N, 1, C) gradient of a scale or shift given as ``shape`` ((C,), (1, C) or (N, C))."""
+    grad = grad.reshape(grad.shape[0], grad.shape[2])
+    if len(shape) == 1 or shape[0] == 1:
+        grad = grad.sum(0)
+    return grad.reshape(shape).to(dtype)
 
 
 def _per_pixel(x: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gan_style.nn.adain import adaptive_instance_norm
-from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, norm_layer
+from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, autocast_on, norm_layer
 
 __all__ = [
     "AdaptiveInstanceNorm2d",
@@ -78,10 +78,20 @@ class LayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = rearrange(x.to(torch.promote_types(x.dtype, torch.float32)), "b ... -> b (...)")  # float16 squares overflow
-        mean = rearrange(flat.mean(1), "b -> b 1 1 1")
-        std = rearrange(flat.std(1), "b -> b 1 1 1")
-        return (x - mean) / (std + self.eps) * rearrange(self.gamma, "c -> c 1 1") + rearrange(self.beta, "c -> c 1 1")
+        n, c = x.shape[:2]
+        # the statistics are over all of a sample's values, so any memory order will do: a
+        # channels-last tensor is flattened as its (N, H, W, C) view, without a copy
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        flat = (x.permute(0, 2, 3, 1) if channels_last else x).reshape(n, -1)
+        if flat.dtype == torch.float16:
+            flat = flat.float()  # float16 squares overflow
+        var, mean = torch.var_mean(flat, dim=1, correction=1)
+        # (x - mean) / (std + eps) * gamma + beta as one multiply-add per (sample, channel)
+        scale = self.gamma / (var.sqrt() + self.eps).unsqueeze(1)
+        shift = self.beta - mean.unsqueeze(1) * scale
+        broadcast = (n, c) + (1,) * (x.dim() - 2)
+        dtype = x.dtype if autocast_on(x) else torch.promote_types(x.dtype, torch.float32)  # as x - fp32 mean would
+        return torch.addcmul(shift.reshape(broadcast).to(dtype), x.to(dtype), scale.reshape(broadcast).to(dtype))
 
 
 class AdaptiveInstanceNorm2d(nn.Module):
