@@ -200,6 +200,9 @@ class Method:
     ema_networks: ClassVar[tuple[str, ...]] = ()
     #: the batch ``gan-style bench`` times unless told otherwise (the reference's timing unit)
     bench_batch_size: ClassVar[int] = 1
+    #: the network family ``train.channels_last=auto`` times to choose the memory format and
+    #: norm kernels (gan_style.engine.kernels.PROBES: "resnet" or "stylegan2")
+    kernel_probe: ClassVar[str] = "resnet"
     #: directions ``translator`` accepts
     directions: ClassVar[tuple[str, ...]] = ("AtoB",)
 

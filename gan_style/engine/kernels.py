@@ -58,21 +58,49 @@ def _candidate_name(channels_last: bool, norm_kernel: str) -> str:
     return f"{'channels_last' if channels_last else 'nchw'}/{norm_kernel}"
 
 
-def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str,
-           shape: tuple[int, int, int, int]) -> Callable[[], None]:
-    """One training pass (forward and backward, autocast for a lower-precision dtype, fp32 weights)
-    through a ResNet generator with one residual block: the 7x7 stem, the stride-2 down-samplings,
-    a bottleneck block and the transposed-conv up-samplings of the CycleGAN / CUT generators,
-    whose mix of widths and resolutions decides the layout (a single bottleneck layer did not: it
-    picked NCHW for bf16 steps that ran 8-10 % faster channels-last)."""
+class _StyleGAN2Probe(nn.Module):
+    """A StyleGAN2 discriminator block (3x3 convs, 1x1 skip, blurred stride-2 down-sampling) and
+    a modulated synthesis layer with noise: the layers of the Swapping Autoencoder's networks."""
+
+    def __init__(self, channels: int):
+        from gan_style.nn.stylegan2 import ResBlock, StyledConv
+
+        super().__init__()
+        self.stem = nn.Conv2d(channels, 128, 1)
+        self.down = ResBlock(128, 256)
+        self.synthesis = StyledConv(256, 256, 3, style_dim=256, modulate_input=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.down(self.stem(x))
+        return self.synthesis(features, features.mean((2, 3)))
+
+
+def _resnet_probe(channels: int) -> nn.Module:
     from gan_style.nn.generators import ResnetGenerator
 
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return ResnetGenerator(channels, channels, ngf=64, n_blocks=1)
+
+
+#: the network families a method can have its layout measured on (``Method.kernel_probe``): the
+#: CycleGAN / CUT ResNet generator (7x7 stem, stride-2 convs, one residual block, transposed-conv
+#: up-sampling, instance norms), and StyleGAN2's blocks
+PROBES: dict[str, Callable[[int], nn.Module]] = {"resnet": _resnet_probe, "stylegan2": _StyleGAN2Probe}
+
+
+def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str,
+           shape: tuple[int, int, int, int], family: str) -> Callable[[], None]:
+    """One training pass (forward and backward, autocast for a lower-precision dtype, fp32 weights)
+    through a small network of the method's family (``PROBES``), whose mix of widths and
+    resolutions decides the layout (a single bottleneck layer did not: it picked NCHW for bf16
+    steps that ran 8-10 % faster channels-last)."""
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(0)  # the probe's weights; the caller's random state is restored below
-    network = ResnetGenerator(shape[1], shape[1], ngf=64, n_blocks=1).to(device, memory_format=memory_format)
+    network = PROBES[family](shape[1]).to(device)
     torch.random.set_rng_state(torch_state)
+    if channels_last:
+        to_channels_last(network)
     set_norm_kernel(network, norm_kernel)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device).contiguous(memory_format=memory_format)
     low_precision = dtype in (torch.bfloat16, torch.float16)
 
@@ -85,7 +113,7 @@ def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_k
 
 
 @functools.cache
-def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, threads: int, layout: bool | None) -> KernelChoice:
+def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, threads: int, layout: bool | None, family: str) -> KernelChoice:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     # 128 px, batch 1; larger on GPUs, where a small pass would time the launch overhead
     shape = (1, 3, 128, 128) if device.type == "cpu" else (8, 3, 256, 256)
@@ -95,7 +123,7 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
     channels_last_kernels = ("native", "reductions", "contiguous") if device.type == "cuda" else ("reductions", "contiguous")
     candidates = [(cl, kernel) for cl in layouts for kernel in (channels_last_kernels if cl else nchw_kernels)]
-    probes = {_candidate_name(*c): _probe(device, dtype, *c, shape) for c in candidates}
+    probes = {_candidate_name(*c): _probe(device, dtype, *c, shape, family) for c in candidates}
     for probe in probes.values():
         probe()  # warm-up: first-call allocations and kernel selection
     # round robin, so that a slow spell of the machine does not fall on one candidate
@@ -116,13 +144,26 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()})
 
 
-def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None) -> KernelChoice:
-    """The fastest memory format (``channels_last=None``; or the one given) and norm precision for
-    ``dtype`` steps on ``device``, measured once per process (and thread count): 2-4 s on a CPU."""
+def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet") -> KernelChoice:
+    """The fastest memory format (``channels_last=None``; or the one given) and norm kernel for
+    ``dtype`` steps on ``device``, measured on a network of ``family`` (``PROBES``) once per
+    process (and thread count): 2-4 s on a CPU."""
+    if family not in PROBES:
+        raise ValueError(f"kernel probe must be one of {', '.join(PROBES)}, got {family!r}")
     device = torch.device(device)
-    choice = _choose(device.type, device.index, dtype, torch.get_num_threads(), channels_last)
+    choice = _choose(device.type, device.index, dtype, torch.get_num_threads(), channels_last, family)
     logger.debug("kernels for %s on %s: %s (%s)", dtype, device, choice.describe(), choice.timings_ms)
     return choice
+
+
+def to_channels_last(net: nn.Module) -> None:
+    """Store the 4-D parameters and buffers (convolution kernels) of ``net`` channels-last.
+    ``Module.to(memory_format=...)`` refuses a module with 5-D ones (the Swapping Autoencoder's
+    modulated convolutions keep a (1, out, in, k, k) weight)."""
+    with torch.no_grad():
+        for tensor in (*net.parameters(), *net.buffers()):
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
 
 
 def set_norm_kernel(network: nn.Module, kernel: str) -> None:

@@ -46,7 +46,7 @@ from gan_style.engine.checkpoint import (
 )
 from gan_style.engine.contract import Method, OptimizerSpec, StepContext
 from gan_style.engine.ema import WeightAverage
-from gan_style.engine.kernels import KernelChoice, choose_kernels, set_norm_kernel
+from gan_style.engine.kernels import KernelChoice, choose_kernels, set_norm_kernel, to_channels_last
 from gan_style.engine.memory import HeapTrimmer
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
@@ -117,7 +117,7 @@ class Trainer:
         for name, net in networks.items():
             net = net.to(self.device)
             if self.channels_last:
-                net = net.to(memory_format=torch.channels_last)
+                to_channels_last(net)
             set_norm_kernel(net, self.kernels.norm_kernel)
             self._raw[name] = net
         self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}
@@ -251,7 +251,7 @@ class Trainer:
         The main process measures and every process uses its choice (DDP replicas must agree)."""
         dtype = STEP_DTYPES.get(self.config.mixed_precision, torch.float32)
         layout = None if self.config.channels_last == "auto" else bool(self.config.channels_last)
-        choice = [choose_kernels(self.device, dtype, layout) if self.accelerator.is_main_process else None]
+        choice = [choose_kernels(self.device, dtype, layout, self.method.kernel_probe) if self.accelerator.is_main_process else None]
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 

@@ -142,11 +142,7 @@ class SinCUTConfig(CUTConfig):
     """SinCUT's defaults (the reference's ``--model sincut``)."""
 
     data: SingleImageDataConfig = field(default_factory=SingleImageDataConfig)  # 64 px crops, zoom up to 3x
-    # channels_last off: the StyleGAN2 layers scale their weights at every call (the stored
-    # memory format buys nothing) and the modulated convs hold 5-D weights it does not apply to.
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(batch_size=16, n_epochs=8, n_epochs_decay=8, channels_last=False)
-    )
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=16, n_epochs=8, n_epochs_decay=8))
     netG: str = "stylegan2"  # stylegan2 | smallstylegan2 (2 residual blocks, no noise)
     ngf: int = 10
     netD: str = "stylegan2"
@@ -460,6 +456,7 @@ class SinCUT(CUT):
 
     name = "sincut"
     Config = SinCUTConfig
+    kernel_probe = "stylegan2"
     presets = {
         "paper": {},
         # reduced widths for CPU runs (a few hundred steps in minutes)

@@ -64,7 +64,7 @@ class SwapAEConfig(MethodConfig):
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             batch_size=16, lr_unit="iteration", lr_policy="constant", max_steps=IMAGE_BUDGET // 16,
-            channels_last=False, log_every=100, image_every=1000, save_every=10_000, trim_heap=True,
+            log_every=100, image_every=1000, save_every=10_000, trim_heap=True,
         )
     )
     # codes
@@ -172,6 +172,7 @@ class SwapAE(Method):
     default_preset = "paper"
     ema_networks = ("E", "G")
     bench_batch_size = 2  # the smallest batch with a swap pair, as the reference is timed
+    kernel_probe = "stylegan2"
 
     config: SwapAEConfig
 

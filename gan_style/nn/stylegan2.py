@@ -78,6 +78,10 @@ def fused_leaky_relu(x: Tensor, bias: Tensor | None, negative_slope: float = 0.2
     is a vector, and added as is otherwise. The sqrt(2) gain keeps the activations' second
     moment roughly constant (He et al. 2015). When gradients are needed it keeps only its output
     for the backward (``_BiasLeakyReLU``)."""
+    if bias is not None:
+        # in x's dtype: under autocast an fp32 bias would promote the bf16 activation to fp32, a
+        # full-size copy here and another one at the next convolution
+        bias = bias.to(x.dtype)
     if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
         return _BiasLeakyReLU.apply(x, bias, negative_slope, scale)
     if bias is not None:
@@ -375,7 +379,7 @@ class NoiseInjection(nn.Module):
             batch, _, height, width = x.shape
             device = generator.device if generator is not None else x.device
             noise = torch.randn(batch, 1, height, width, generator=generator, device=device, dtype=x.dtype).to(x.device)
-        return x + self.weight * noise
+        return x + self.weight.to(x.dtype) * noise  # x's dtype (see fused_leaky_relu)
 
 
 class StyledConv(nn.Module):
