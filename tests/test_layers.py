@@ -107,3 +107,18 @@ def test_instance_norm_with_a_per_sample_affine_map(affine_shape):
             torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
     cl = _channels_last(x.detach()).requires_grad_()
     assert torch.autograd.gradcheck(lambda t, g, b: instance_norm(t, 1e-5, g, b), (cl, scale, shift))
+
+
+def test_channels_last_instance_norm_supports_a_double_backward():
+    # a gradient penalty (WGAN-GP, R1) through a discriminator with instance norms
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+
+    def penalty_gradient(inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.requires_grad_()
+        (grad,) = torch.autograd.grad(InstanceNorm2d(4)(inputs).pow(3).sum(), inputs, create_graph=True)
+        return torch.autograd.grad(grad.square().sum(), inputs)[0]
+
+    torch.testing.assert_close(penalty_gradient(_channels_last(x)), penalty_gradient(x.clone()), rtol=0, atol=1e-10)
+    cl = _channels_last(x).requires_grad_()
+    assert torch.autograd.gradgradcheck(InstanceNorm2d(4), (cl,))

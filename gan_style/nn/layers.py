@@ -126,7 +126,8 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         yv = _per_pixel(y)
         # CPU sums accumulate in fp32 also for bf16 inputs and round only the result, while
         # sum(dtype=fp32) would first copy the input to fp32
-        xc = xv - xv.sum(1, keepdim=True).div_(h * w)
+        mean_rounded = xv.sum(1, keepdim=True).div_(h * w)
+        xc = xv - mean_rounded
         torch.mul(xc, xc, out=yv)  # y's memory holds the squares until the output overwrites them
         variance = yv.sum(1, keepdim=True).to(statistics).div_(h * w)
         offset = xc.sum(1, keepdim=True).to(statistics).div_(h * w) if low_precision else None
@@ -144,15 +145,22 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
             torch.addcmul(addend.to(x.dtype), xc, multiplier.to(x.dtype), out=yv)
         else:
             torch.mul(xc, multiplier.to(x.dtype), out=yv)
-        ctx.save_for_backward(xc, offset, rstd, gamma)
+        # x, not xc: a double backward (a gradient penalty through D) needs x's graph; the
+        # backward recomputes xc, one pass
+        ctx.save_for_backward(x, mean_rounded, offset, rstd, gamma, scale, shift)
+        ctx.eps = eps
         ctx.affine_dtypes = (None if scale is None else scale.dtype, None if shift is None else shift.dtype)
         ctx.affine_shapes = (None if scale is None else scale.shape, None if shift is None else shift.shape)
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:
-        xc, offset, rstd, gamma = ctx.saved_tensors
-        n, hw, c = xc.shape
+        x, mean_rounded, offset, rstd, gamma, scale, shift = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: this backward will be differentiated (R1, WGAN-GP)
+            return _differentiable_backward(ctx, dy, x, scale, shift)
+        n, c, h, w = x.shape
+        hw = h * w
+        xc = _per_pixel(x) - mean_rounded
         dyv = _per_pixel(dy.to(xc.dtype).contiguous(memory_format=torch.channels_last))
         sum_dy = dyv.sum(1, keepdim=True).to(rstd.dtype)
         product = dyv * xc
@@ -175,6 +183,18 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         dx = torch.addcmul(c_.to(xc.dtype), xc, b.to(xc.dtype), out=product)  # the product is spent
         dx.addcmul_(dyv, a.to(xc.dtype))
         return dx.view(n, dy.shape[2], dy.shape[3], c).permute(0, 3, 1, 2), None, d_scale, d_shift
+
+
+def _differentiable_backward(ctx, dy: Tensor, x: Tensor, scale: Tensor | None, shift: Tensor | None) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:
+    """The gradients as a graph of x, the affine map and dy (for a double backward): by autograd
+    through PyTorch's NCHW group norm, the same function."""
+    inputs = [t for t, needed in zip((x, scale, shift), (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:])) if needed and t is not None]
+    with torch.enable_grad():
+        y = instance_norm(x.contiguous(), ctx.eps, scale, shift)
+        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True))
+    dx, d_scale, d_shift = (next(grads) if needed and t is not None else None
+                            for t, needed in zip((x, scale, shift), (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:])))
+    return dx, None, d_scale, d_shift
 
 
 def _per_sample(affine: Tensor | None, n: int, c: int, dtype: torch.dtype) -> Tensor | None:
