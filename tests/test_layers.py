@@ -86,6 +86,23 @@ def test_kernel_choice_never_runs_pytorchs_channels_last_norm_on_the_cpu():
         assert ("nchw/float32" in choice.timings_ms) == (dtype == torch.bfloat16)
 
 
+def test_kernel_choice_on_the_stylegan2_probe_and_5d_weights():
+    from gan_style.engine.kernels import PROBES, choose_kernels, to_channels_last
+    from gan_style.methods.swapae import SwapAE
+
+    assert SwapAE.kernel_probe == "stylegan2"
+    choice = choose_kernels("cpu", torch.float32, family="stylegan2")
+    assert set(choice.timings_ms) == {"nchw/native", "channels_last/reductions", "channels_last/contiguous"}
+    with pytest.raises(ValueError, match="kernel probe"):
+        choose_kernels("cpu", torch.float32, family="vit")
+    probe = PROBES["stylegan2"](3)
+    to_channels_last(probe)  # Module.to(memory_format=channels_last) refuses its 5-D modulated weight
+    weights = {name: p for name, p in probe.named_parameters() if p.dim() >= 4}
+    assert any(p.dim() == 5 for p in weights.values())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights.values() if p.dim() == 4)
+    assert all(p.is_contiguous() for p in weights.values() if p.dim() == 5)
+
+
 @pytest.mark.parametrize("affine_shape", [(2, 5), (1, 5), (5,)])
 def test_instance_norm_with_a_per_sample_affine_map(affine_shape):
     torch.manual_seed(0)
@@ -122,3 +139,15 @@ def test_channels_last_instance_norm_supports_a_double_backward():
     torch.testing.assert_close(penalty_gradient(_channels_last(x)), penalty_gradient(x.clone()), rtol=0, atol=1e-10)
     cl = _channels_last(x).requires_grad_()
     assert torch.autograd.gradgradcheck(InstanceNorm2d(4), (cl,))
+
+
+def test_bf16_instance_norm_gradient_with_a_large_common_mode():
+    # the norm's gradient removes each channel's mean of dy; computed from uncentred bf16 terms
+    # that cancellation lost the small remainder (CUT's PatchNCE loss drifted from fp32)
+    torch.manual_seed(0)
+    x = _channels_last(torch.randn(2, 8, 16, 16) * 2 + 30).bfloat16().requires_grad_()
+    dy = _channels_last(torch.randn(2, 8, 16, 16) + 50).bfloat16()
+    InstanceNorm2d(8)(x).backward(dy)
+    reference_x = x.detach().double().requires_grad_()
+    nn.InstanceNorm2d(8)(reference_x).backward(dy.double())
+    assert (x.grad.double() - reference_x.grad).abs().max() < 2 * 2**-7 * reference_x.grad.abs().max()

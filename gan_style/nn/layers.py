@@ -162,11 +162,22 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         hw = h * w
         xc = _per_pixel(x) - mean_rounded
         dyv = _per_pixel(dy.to(xc.dtype).contiguous(memory_format=torch.channels_last))
-        sum_dy = dyv.sum(1, keepdim=True).to(rstd.dtype)
-        product = dyv * xc
+        low_precision = rstd.dtype != xc.dtype
+        # dy centred like x: dyc = dy - mean(dy)₁₆ and its residual mean. A gradient can have a
+        # per-channel common mode much larger than its variation, which the norm's gradient
+        # removes: from uncentred bf16 terms the small remainder would be lost to cancellation
+        # (tests/test_layers.py, common mode 50 against a spread of 1).
+        mean_dy_rounded = dyv.sum(1, keepdim=True).div_(hw)
+        dyc = dyv - mean_dy_rounded
+        residual = dyc.sum(1, keepdim=True).to(rstd.dtype).div_(hw) if low_precision else None
+        sum_dy = mean_dy_rounded.to(rstd.dtype).mul_(hw)
+        if residual is not None:
+            sum_dy.add_(residual * hw)
+        # Σ dy x̂ = rstd Σ dy (xc - offset) = rstd (Σ dyc xc - hw offset residual), as Σ xc = hw offset
+        product = dyc * xc
         sum_dy_xhat = product.sum(1, keepdim=True).to(rstd.dtype)
         if offset is not None:
-            sum_dy_xhat.sub_(offset * sum_dy)
+            sum_dy_xhat.sub_(offset * residual * hw)
         sum_dy_xhat.mul_(rstd)
         scale_dtype, shift_dtype = ctx.affine_dtypes
         scale_shape, shift_shape = ctx.affine_shapes
@@ -174,14 +185,12 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         d_shift = _sum_to(sum_dy, shift_shape, shift_dtype) if ctx.needs_input_grad[3] else None
         if not ctx.needs_input_grad[0]:
             return None, None, d_scale, d_shift
-        # dx = a * dy + b * xc + c_, expanding x̂ = (xc - offset) * rstd
+        # dx = a (dy - mean(dy)) + b (xc - offset) = a dyc + b xc + c_, with small c_
         a = rstd if gamma is None else rstd * gamma
         b = -a * rstd * (sum_dy_xhat / hw)  # not in place: the sums may be d_scale, d_shift
-        c_ = -a * (sum_dy / hw)
-        if offset is not None:
-            c_.sub_(b * offset)
-        dx = torch.addcmul(c_.to(xc.dtype), xc, b.to(xc.dtype), out=product)  # the product is spent
-        dx.addcmul_(dyv, a.to(xc.dtype))
+        dx = torch.addcmul(xc.new_zeros(()) if offset is None else (-a * residual - b * offset).to(xc.dtype),
+                           xc, b.to(xc.dtype), out=product)  # the product is spent
+        dx.addcmul_(dyc, a.to(xc.dtype))
         return dx.view(n, dy.shape[2], dy.shape[3], c).permute(0, 3, 1, 2), None, d_scale, d_shift
 
 
