@@ -11,11 +11,12 @@ generator (one residual block, 128 px) in every candidate configuration and keep
 * the norm kernel. NCHW: PyTorch's as is ("native"), or for a lower-precision step (bf16, fp16)
   its input cast to fp32 and the result cast back ("float32", numerically the safest, so it wins
   ties). Channels-last: per-channel sums in channels-last layout ("reductions",
-  ``gan_style.nn.layers._ChannelsLastInstanceNorm``) or a detour through NCHW ("contiguous");
-  PyTorch's own kernel ("native") only on GPUs, because on the CPU its channels-last forward takes
-  the variance as E[x²] - E[x]² (0.24 max error at mean 100, std 1, in fp32) and its backward is
-  4-15x slower than on NCHW (bf16, AVX-512 Xeon: 55 vs 9 ms for 2x128x128x128, where the sums
-  take 8 ms). The statistics are fp32 in every kernel.
+  ``gan_style.nn.layers._ChannelsLastInstanceNorm``); on GPUs also a detour through NCHW
+  ("contiguous") and PyTorch's own kernel ("native"). On the CPU PyTorch's channels-last forward
+  takes the variance as E[x²] - E[x]² (0.24 max error at mean 100, std 1, in fp32) and its
+  backward is 4-15x slower than on NCHW (bf16, AVX-512 Xeon: 55 ms for 2x128x128x128 forward and
+  backward, 36.6 ms by the NCHW detour, 8-11 ms by the sums). The statistics are fp32 in every
+  kernel.
 
 ``train.channels_last`` true/false fixes the layout (the norm kernel is still measured);
 ``"auto"`` (the default) measures both. The choice is logged and
@@ -37,7 +38,7 @@ from gan_style.nn.layers import InstanceNorm2d
 
 logger = logging.getLogger(__name__)
 
-#: norm kernels in order of preference, for candidates within 3 % of the fastest
+#: norm kernels in order of preference, for candidates within 3 % of the fastest (after the layout)
 KERNEL_PREFERENCE = ("float32", "native", "reductions", "contiguous")
 
 
@@ -119,9 +120,11 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     shape = (1, 3, 128, 128) if device.type == "cpu" else (8, 3, 256, 256)
     low_precision = dtype in (torch.bfloat16, torch.float16)
     layouts = (False, True) if layout is None else (layout,)
-    # in preference order: within 3 % of the fastest, the earlier one wins
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
-    channels_last_kernels = ("native", "reductions", "contiguous") if device.type == "cuda" else ("reductions", "contiguous")
+    # On the CPU the NCHW detour ("contiguous") is left out: slower than the sums for every map
+    # of these networks when timed alone (2x128x128x128 bf16: 36.6 vs 8-11 ms; 2x256x32x32: 1.3 vs
+    # 0.75 ms) and in whole steps (CUT bf16: 0.61 vs 0.55 s), the probe could not tell them apart.
+    channels_last_kernels = ("native", "reductions", "contiguous") if device.type == "cuda" else ("reductions",)
     candidates = [(cl, kernel) for cl in layouts for kernel in (channels_last_kernels if cl else nchw_kernels)]
     probes = {_candidate_name(*c): _probe(device, dtype, *c, shape, family) for c in candidates}
     for probe in probes.values():
@@ -139,7 +142,10 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
             seconds[name].append(time.perf_counter() - start)
     timings = {name: sorted(t)[len(t) // 2] * 1000 for name, t in seconds.items()}
     best_time = min(timings.values())
-    order = sorted(candidates, key=lambda c: KERNEL_PREFERENCE.index(c[1]))
+    # ties: in bf16/fp16 channels-last first (whole bf16 steps of every method ran 10-40 % faster
+    # channels-last on the AVX-512 Xeon, more than the probe shows), in fp32 NCHW; then the
+    # safest norm kernel
+    order = sorted(candidates, key=lambda c: (c[0] != low_precision, KERNEL_PREFERENCE.index(c[1])))
     channels_last, norm_kernel = next(c for c in order if timings[_candidate_name(*c)] <= best_time * 1.03)
     return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()})
 
