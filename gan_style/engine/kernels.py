@@ -116,8 +116,9 @@ def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_k
 @functools.cache
 def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, threads: int, layout: bool | None, family: str) -> KernelChoice:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    # 128 px, batch 1; larger on GPUs, where a small pass would time the launch overhead
-    shape = (1, 3, 128, 128) if device.type == "cpu" else (8, 3, 256, 256)
+    # 128 px, batch 2 (at batch 1 the layouts differed by less than the noise); larger on GPUs,
+    # where a small pass would time the launch overhead
+    shape = (2, 3, 128, 128) if device.type == "cpu" else (8, 3, 256, 256)
     low_precision = dtype in (torch.bfloat16, torch.float16)
     layouts = (False, True) if layout is None else (layout,)
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
@@ -153,7 +154,7 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
 def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet") -> KernelChoice:
     """The fastest memory format (``channels_last=None``; or the one given) and norm kernel for
     ``dtype`` steps on ``device``, measured on a network of ``family`` (``PROBES``) once per
-    process (and thread count): 2-4 s on a CPU."""
+    process (and thread count): 2.5-3.5 s on a CPU (ResNet probe, 2 threads; the StyleGAN2 one takes longer)."""
     if family not in PROBES:
         raise ValueError(f"kernel probe must be one of {', '.join(PROBES)}, got {family!r}")
     device = torch.device(device)
