@@ -197,12 +197,11 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
 def _differentiable_backward(ctx, dy: Tensor, x: Tensor, scale: Tensor | None, shift: Tensor | None) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:
     """The gradients as a graph of x, the affine map and dy (for a double backward): by autograd
     through PyTorch's NCHW group norm, the same function."""
-    inputs = [t for t, needed in zip((x, scale, shift), (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:])) if needed and t is not None]
+    wanted = [t is not None and needed for t, needed in zip((x, scale, shift), (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]))]
     with torch.enable_grad():
         y = instance_norm(x.contiguous(), ctx.eps, scale, shift)
-        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True))
-    dx, d_scale, d_shift = (next(grads) if needed and t is not None else None
-                            for t, needed in zip((x, scale, shift), (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:])))
+        grads = iter(torch.autograd.grad(y, [t for t, w in zip((x, scale, shift), wanted) if w], dy, create_graph=True))
+    dx, d_scale, d_shift = (next(grads) if w else None for w in wanted)
     return dx, None, d_scale, d_shift
 
 
