@@ -116,6 +116,30 @@ def test_training_logs_eval_scalars_and_keeps_best(tiny_run):
     assert sources.shape == real.shape == (4, 3, 32, 32)
 
 
+def test_evaluation_during_training_uses_the_averaged_weights(demo_cache, monkeypatch):
+    import gan_style.evaluation as evaluation
+
+    trainer = Trainer(CycleGAN(tiny_config(max_steps=3, eval_images=4, ema_decay=0.5)), show_progress=False)
+    batch = trainer.method.synthetic_batch(32, 1, torch.Generator().manual_seed(0))
+    for _ in range(3):
+        trainer.train_step(batch)
+    translations: list[torch.Tensor] = []
+    monkeypatch.setattr(evaluation, "evaluate_images", lambda fakes, *args, **kwargs: translations.append(fakes) or {})
+    trainer.evaluate()
+    averages = trainer.ema.averages
+    trainer.ema = None
+    trainer.evaluate()  # the raw weights
+    assert not torch.allclose(translations[0], translations[1])
+    raw = {name: {k: v.detach().clone() for k, v in trainer.unwrapped(name).state_dict().items()} for name in averages}
+    for name, average in averages.items():
+        trainer.unwrapped(name).load_state_dict(average)
+    trainer.evaluate()  # the raw networks holding the averages
+    torch.testing.assert_close(translations[2], translations[0])
+    for name in raw:
+        trainer.unwrapped(name).load_state_dict(raw[name])
+    assert all(net.training for net in trainer.inference_networks().values())  # modes restored
+
+
 def test_eval_of_a_checkpoint_translates_and_times(tiny_run, capsys, demo_cache):
     from gan_style.data.demo import ensure_demo_dataset
 

@@ -14,6 +14,7 @@ the same losses at step k + 1, k + 2, ... as a run that was never stopped (teste
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -389,8 +390,6 @@ class Trainer:
         """(sources, real) of the first ``train.eval_images`` items of the method's dataset built on
         its test split (``data.phase = "test"``, flips off) when it has one, else of the training
         set; taken through the contract (``build_dataset``, items' ``"A"``/``"B"`` images)."""
-        import copy
-
         from gan_style.config import ConfigError
 
         if self._eval_set is not None:
@@ -416,28 +415,41 @@ class Trainer:
         self._eval_set = (torch.stack([item["A"] for item in items]), torch.stack([item["B"] for item in items]))
         return self._eval_set
 
+    def inference_networks(self) -> dict[str, nn.Module]:
+        """The networks as inference uses them: with ``train.ema_decay``, copies of the averaged
+        ones (``Method.ema_networks``) in their averaged weights, as a saved checkpoint loads."""
+        nets = dict(self._raw)
+        if self.ema is not None:
+            for name, average in self.ema.averages.items():
+                averaged = copy.deepcopy(self._raw[name])
+                averaged.load_state_dict(average)  # copied into the network's own dtypes
+                nets[name] = averaged
+        return nets
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """The metrics of ``train.eval_metrics`` (gan_style.evaluation) of the current networks' AtoB
-        translations of the evaluation set, with FID added when the Inception weights are found."""
+        """The metrics of ``train.eval_metrics`` (gan_style.evaluation) of the AtoB translations of
+        the evaluation set by the networks inference would use (the averaged weights with
+        ``train.ema_decay``), with FID added when the Inception weights are found."""
         from gan_style.config import ConfigError
         from gan_style.evaluation import evaluate_images
         from gan_style.translate import run_padded
 
         cfg = self.config
         sources, real = self._evaluation_set()
-        translator = self.method.translator(self._raw, "AtoB")
+        nets = self.inference_networks()
+        translator = self.method.translator(nets, "AtoB")
         if any(spec.required for spec in translator.inputs):
             raise ConfigError(f"train.eval_every: {translator.description or self.method.name} needs inputs besides the image; set train.eval_every=0")
         function = translator.bind()
-        modes = {name: net.training for name, net in self._raw.items()}
-        for net in self._raw.values():
+        modes = {name: net.training for name, net in nets.items()}
+        for net in nets.values():
             net.eval()
         try:
             fakes = torch.cat([run_padded(function, sources[i : i + 4].to(self.device).float(), translator.size_multiple).clamp(-1, 1).float().cpu()
                                for i in range(0, len(sources), 4)])
         finally:
-            for name, net in self._raw.items():
+            for name, net in nets.items():
                 net.train(modes[name])
         metrics = list(cfg.eval_metrics)
         if "fid" not in metrics and (cfg.eval_inception_weights is not None or cfg.eval_track == "fid" or self._inception_found()):
