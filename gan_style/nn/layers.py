@@ -30,6 +30,12 @@ class _PadsInItsInputDtype(nn.Module):
         return super().forward(x)
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is a 4-D tensor stored channels-last and not also NCHW-contiguous (as
+    tensors with one channel or a 1x1 extent are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def autocast_on(x: Tensor) -> bool:
     """Whether autocast is on for the device type of ``x`` (False for types it does not know)."""
     try:
@@ -67,7 +73,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.affine or self.track_running_stats or x.dim() != 4:
             return super().forward(x)
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        channels_last = is_channels_last(x)
         if channels_last and self.kernel == "contiguous":
             return F.group_norm(x.contiguous(), x.shape[1], eps=self.eps).contiguous(memory_format=torch.channels_last)
         if channels_last and self.kernel != "native":
@@ -82,7 +88,7 @@ def instance_norm(x: Tensor, eps: float = 1e-5, scale: Tensor | None = None, shi
     sqrt(var + eps) with the biased variance; then ``* scale + shift`` when given, each (N, C) or
     (C,) (MUNIT's AdaIN: per-sample, from the style). Channels-last tensors are normalised in
     their layout (``_ChannelsLastInstanceNorm``), NCHW ones by PyTorch's group-norm kernel."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(x):
         if x.dtype == torch.float16:  # its squares and scaled gradients overflow: normalise in fp32
             return instance_norm(x.float(), eps, scale, shift).half()
         if autocast_on(x):  # x is already in the step's dtype (a convolution's output)
@@ -147,18 +153,17 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
             torch.mul(xc, multiplier.to(x.dtype), out=yv)
         # x, not xc: a double backward (a gradient penalty through D) needs x's graph; the
         # backward recomputes xc, one pass
-        ctx.save_for_backward(x, mean_rounded, offset, rstd, gamma, scale, shift)
+        ctx.save_for_backward(x, mean_rounded, offset, rstd, scale, shift)
         ctx.eps = eps
-        ctx.affine_dtypes = (None if scale is None else scale.dtype, None if shift is None else shift.dtype)
-        ctx.affine_shapes = (None if scale is None else scale.shape, None if shift is None else shift.shape)
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:
-        x, mean_rounded, offset, rstd, gamma, scale, shift = ctx.saved_tensors
+        x, mean_rounded, offset, rstd, scale, shift = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: this backward will be differentiated (R1, WGAN-GP)
             return _differentiable_backward(ctx, dy, x, scale, shift)
         n, c, h, w = x.shape
+        gamma = _per_sample(scale, n, c, rstd.dtype)
         hw = h * w
         xc = _per_pixel(x) - mean_rounded
         dyv = _per_pixel(dy.to(xc.dtype).contiguous(memory_format=torch.channels_last))
@@ -179,10 +184,8 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         if offset is not None:
             sum_dy_xhat.sub_(offset * residual * hw)
         sum_dy_xhat.mul_(rstd)
-        scale_dtype, shift_dtype = ctx.affine_dtypes
-        scale_shape, shift_shape = ctx.affine_shapes
-        d_scale = _sum_to(sum_dy_xhat, scale_shape, scale_dtype) if ctx.needs_input_grad[2] else None
-        d_shift = _sum_to(sum_dy, shift_shape, shift_dtype) if ctx.needs_input_grad[3] else None
+        d_scale = _sum_to(sum_dy_xhat, scale) if ctx.needs_input_grad[2] else None
+        d_shift = _sum_to(sum_dy, shift) if ctx.needs_input_grad[3] else None
         if not ctx.needs_input_grad[0]:
             return None, None, d_scale, d_shift
         # dx = a (dy - mean(dy)) + b (xc - offset) = a dyc + b xc + c_, with small c_
@@ -210,12 +213,13 @@ def _per_sample(affine: Tensor | None, n: int, c: int, dtype: torch.dtype) -> Te
     return None if affine is None else affine.to(dtype).expand(n, c).reshape(n, 1, c)
 
 
-def _sum_to(grad: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
-    """The (N, 1, C) gradient of a scale or shift given as ``shape`` ((C,), (1, C) or (N, C))."""
+def _sum_to(grad: Tensor, affine: Tensor) -> Tensor:
+    """The (N, 1, C) gradient of a scale or shift, as that tensor's shape ((C,), (1, C) or (N, C))
+    and dtype."""
     grad = grad.reshape(grad.shape[0], grad.shape[2])
-    if len(shape) == 1 or shape[0] == 1:
+    if affine.dim() == 1 or affine.shape[0] == 1:
         grad = grad.sum(0)
-    return grad.reshape(shape).to(dtype)
+    return grad.reshape(affine.shape).to(affine.dtype)
 
 
 def _per_pixel(x: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gan_style.nn.adain import adaptive_instance_norm
-from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, autocast_on, norm_layer
+from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, autocast_on, is_channels_last, norm_layer
 
 __all__ = [
     "AdaptiveInstanceNorm2d",
@@ -81,8 +81,7 @@ class LayerNorm(nn.Module):
         n, c = x.shape[:2]
         # the statistics are over all of a sample's values, so any memory order will do: a
         # channels-last tensor is flattened as its (N, H, W, C) view, without a copy
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        flat = (x.permute(0, 2, 3, 1) if channels_last else x).reshape(n, -1)
+        flat = (x.permute(0, 2, 3, 1) if is_channels_last(x) else x).reshape(n, -1)
         if flat.dtype == torch.float16:
             flat = flat.float()  # float16 squares overflow
         var, mean = torch.var_mean(flat, dim=1, correction=1)
