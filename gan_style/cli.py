@@ -244,7 +244,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``gan-style`` parser. With ``command`` given, only that command's module (of those
+    that live beside their code: eval, compare, export, serve, stylize) is imported for its
+    arguments and the others are listed by name, so that ``gan-style --help`` or ``gan-style
+    train`` imports no metric or serving code (nor torch); ``None``: every command complete."""
     parser = argparse.ArgumentParser(prog="gan-style", description="Unpaired image-to-image translation and style transfer.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -317,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands whose code lives beside what they use: each module has add_arguments(parser) and
     # run(args), and imports its heavy dependencies (onnx, the ASGI stack ...) only in run.
     for name, module_name, summary in _COMMAND_MODULES:
+        if command is not None and command != name:
+            sub.add_parser(name, help=summary)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -327,17 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(command)
         command.set_defaults(func=module.run)
 
+    if command is not None and command != "stylize":
+        sub.add_parser("stylize", help=STYLIZE_SUMMARY)
+        return parser
     try:
         from gan_style.methods.nst import stylize
     except ImportError:  # the style-transfer baselines are optional at import time
         stylize = None
     if stylize is not None:
-        style = sub.add_parser("stylize", help="single-image neural style transfer (Gatys, AdaIN)")
+        style = sub.add_parser("stylize", help=STYLIZE_SUMMARY)
         stylize.add_arguments(style)
         style.set_defaults(func=stylize.run)
     return parser
 
 
+STYLIZE_SUMMARY = "single-image neural style transfer (Gatys, AdaIN)"
 _COMMAND_MODULES = (
     ("eval", "gan_style.evaluation.eval_command", "metrics of a model's translations (FID, KID, SWD, SSIM, content/style, LPIPS diversity, speed)"),
     ("compare", "gan_style.evaluation.compare_command", "run several models on the same photos: an HTML report, a preference study and its tally"),
@@ -413,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             from gan_style.data.download import main as download_main
 
             return download_main(argv[1:], prog="gan-style download")
-        args = build_parser().parse_args(argv)
+        # only the named command's module is imported for its arguments (none for the top-level --help)
+        command = argv[0] if argv and not argv[0].startswith("-") else ""
+        args = build_parser(command).parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -111,3 +111,22 @@ def test_bench_prints_one_json_line(capsys):
 def test_download_subcommand_lists_datasets(capsys):
     assert cli_main(["download", "--list"]) == 0
     assert "vangogh2photo" in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_command_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom gan_style.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "torch not imported" in result.stdout
+    for command in ("train", "translate", "swap", "bench", "download", "eval", "compare", "export", "serve", "stylize"):
+        assert f"    {command} " in result.stdout or f"    {command}\n" in result.stdout, command
+
+
+def test_a_commands_own_help_has_its_arguments(capsys):
+    for command, option in (("eval", "--metrics"), ("stylize", "--content"), ("train", "--resume")):
+        with pytest.raises(SystemExit):
+            cli_main([command, "--help"])
+        assert option in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Memory format and normalisation kernels, chosen per device and step dtype by measuring them.
+"""Memory format, normalisation and convolution kernels, chosen per device and step dtype by measuring them.
 
 Which layout and which norm kernel are fastest depends on the dtype and the hardware, and the
 differences are large: on an AVX-512/AMX Xeon, PyTorch's bf16 group norm (our instance norm) on a
@@ -19,9 +19,16 @@ generator, or StyleGAN2 blocks) in every candidate configuration and keeps the f
   backward, 36.6 ms by the NCHW detour, 8-11 ms by the sums). The statistics are fp32 in every
   kernel.
 
-``train.channels_last`` true/false fixes the layout (the norm kernel is still measured);
-``"auto"`` (the default) measures both. The choice is logged and
-``gan-style bench`` reports it with the timings.
+Then, for fp32 steps on the CPU and the ResNet family, the convolution kernel, timed on one
+256-channel residual block in the chosen layout: PyTorch's direct convolution ("direct"), or
+Winograd's F(4x4, 3x3) for the wide stride-1 3x3 layers ("winograd", ``gan_style.nn.layers.Conv2d``,
+``gan_style.nn.winograd``): 4x fewer multiplications, about the direct convolution's error. Where
+the direct convolutions already run at the fp32 matmul peak it is the only way to a faster fp32
+step. GPUs keep "direct": cuDNN picks its own Winograd kernels.
+
+``train.channels_last`` true/false fixes the layout (the norm kernel is still measured), and
+``train.winograd`` true/false the convolution kernel; ``"auto"`` (the default of both) measures.
+The choice is logged and ``gan-style bench`` reports it with the timings.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gan_style.nn.layers import InstanceNorm2d
+from gan_style.nn.layers import Conv2d, InstanceNorm2d
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +57,11 @@ class KernelChoice:
     channels_last: bool
     norm_kernel: str  # see gan_style.nn.layers.InstanceNorm2d.kernel
     timings_ms: dict[str, float] = field(default_factory=dict)
+    conv_kernel: str = "direct"  # see gan_style.nn.layers.Conv2d.kernel
 
     def describe(self) -> str:
         layout = "channels-last" if self.channels_last else "contiguous (NCHW)"
-        return f"{layout}, {self.norm_kernel} instance norm"
+        return f"{layout}, {self.norm_kernel} instance norm, {self.conv_kernel} 3x3 convolutions"
 
 
 def _candidate_name(channels_last: bool, norm_kernel: str) -> str:
@@ -89,7 +97,7 @@ def _resnet_probe(channels: int) -> nn.Module:
 PROBES: dict[str, Callable[[int], nn.Module]] = {"resnet": _resnet_probe, "stylegan2": _StyleGAN2Probe}
 
 
-def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str,
+def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str, conv_kernel: str,
            shape: tuple[int, int, int, int], family: str) -> Callable[[], None]:
     """One training pass (forward and backward, autocast for a lower-precision dtype, fp32 weights)
     through a small network of the method's family (``PROBES``), whose mix of widths and
@@ -102,6 +110,7 @@ def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_k
     if channels_last:
         to_channels_last(network)
     set_norm_kernel(network, norm_kernel)
+    set_conv_kernel(network, conv_kernel)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device).contiguous(memory_format=memory_format)
     low_precision = dtype in (torch.bfloat16, torch.float16)
@@ -114,8 +123,46 @@ def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_k
     return step
 
 
+def _conv_probe(device: torch.device, channels_last: bool, norm_kernel: str, conv_kernel: str) -> Callable[[], None]:
+    """One training pass through a 256-channel residual block at 32x32, batch 2 (CycleGAN's and
+    CUT's at 128 px, MUNIT's content encoder's), where Winograd acts: inside a whole one-block
+    generator the 3x3 kernel's share was too small for the probe to tell the two apart."""
+    from gan_style.nn.generators import ResnetBlock
+
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    block = ResnetBlock(256, "instance", dropout=False).to(device)
+    torch.random.set_rng_state(torch_state)
+    if channels_last:
+        to_channels_last(block)
+    set_norm_kernel(block, norm_kernel)
+    set_conv_kernel(block, conv_kernel)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 256, 32, 32, generator=torch.Generator().manual_seed(0)).to(device).contiguous(memory_format=memory_format)
+    return lambda: block(x).square().mean().backward()
+
+
+def _median_ms(probes: dict[str, Callable[[], None]], device: torch.device, rounds: int = 7) -> dict[str, float]:
+    """Each probe's median time, warmed up, timed round robin (so that a slow spell of the machine
+    does not fall on one candidate)."""
+    for probe in probes.values():
+        probe()  # warm-up: first-call allocations and kernel selection
+    seconds: dict[str, list[float]] = {name: [] for name in probes}
+    for _ in range(rounds):
+        for name, probe in probes.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            probe()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] * 1000 for name, t in seconds.items()}
+
+
 @functools.cache
-def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, threads: int, layout: bool | None, family: str) -> KernelChoice:
+def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, threads: int, layout: bool | None, family: str,
+            winograd: bool | None) -> KernelChoice:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     # 128 px, batch 2 (at batch 1 the layouts differed by less than the noise); larger on GPUs,
     # where a small pass would time the launch overhead
@@ -128,38 +175,38 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # 0.75 ms) and in whole steps (CUT bf16: 0.61 vs 0.55 s), the probe could not tell them apart.
     channels_last_kernels = ("native", "reductions", "contiguous") if device.type == "cuda" else ("reductions",)
     candidates = [(cl, kernel) for cl in layouts for kernel in (channels_last_kernels if cl else nchw_kernels)]
-    probes = {_candidate_name(*c): _probe(device, dtype, *c, shape, family) for c in candidates}
-    for probe in probes.values():
-        probe()  # warm-up: first-call allocations and kernel selection
-    # round robin, so that a slow spell of the machine does not fall on one candidate
-    seconds: dict[str, list[float]] = {name: [] for name in probes}
-    for _ in range(7):
-        for name, probe in probes.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            probe()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
-    timings = {name: sorted(t)[len(t) // 2] * 1000 for name, t in seconds.items()}
+    timings = _median_ms({_candidate_name(*c): _probe(device, dtype, *c, "direct", shape, family) for c in candidates}, device)
     best_time = min(timings.values())
     # ties: in bf16/fp16 channels-last first (whole bf16 steps of every method ran 10-40 % faster
     # channels-last on the AVX-512 Xeon, more than the probe shows), in fp32 NCHW; then the
     # safest norm kernel
     order = sorted(candidates, key=lambda c: (c[0] != low_precision, KERNEL_PREFERENCE.index(c[1])))
     channels_last, norm_kernel = next(c for c in order if timings[_candidate_name(*c)] <= best_time * 1.03)
-    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()})
+    # Winograd: fp32 steps on the CPU (Conv2d runs autocast steps directly anyway), networks with
+    # gan_style.nn.layers.Conv2d layers (the ResNet family); direct unless 3 % faster
+    conv_kernel = "direct"
+    if dtype == torch.float32 and device.type == "cpu" and family == "resnet" and winograd is not False:
+        if winograd:
+            conv_kernel = "winograd"
+        else:
+            conv_timings = _median_ms({f"{kernel} 3x3 convolutions": _conv_probe(device, channels_last, norm_kernel, kernel)
+                                       for kernel in ("direct", "winograd")}, device)
+            timings.update(conv_timings)
+            if conv_timings["winograd 3x3 convolutions"] < conv_timings["direct 3x3 convolutions"] / 1.03:
+                conv_kernel = "winograd"
+    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel)
 
 
-def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet") -> KernelChoice:
-    """The fastest memory format (``channels_last=None``; or the one given) and norm kernel for
-    ``dtype`` steps on ``device``, measured on a network of ``family`` (``PROBES``) once per
-    process (and thread count): 2.5-3.5 s on a CPU (ResNet probe, 2 threads; the StyleGAN2 one takes longer)."""
+def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet",
+                   winograd: bool | None = None) -> KernelChoice:
+    """The fastest memory format (``channels_last=None``; or the one given), norm kernel and (fp32
+    on a CPU, ``winograd=None``; or as given) convolution kernel for ``dtype`` steps on
+    ``device``, measured on a network of ``family`` (``PROBES``) once per process (and thread
+    count): 2.5-5 s on a CPU (ResNet probe, 2 threads; the StyleGAN2 one takes longer)."""
     if family not in PROBES:
         raise ValueError(f"kernel probe must be one of {', '.join(PROBES)}, got {family!r}")
     device = torch.device(device)
-    choice = _choose(device.type, device.index, dtype, torch.get_num_threads(), channels_last, family)
+    choice = _choose(device.type, device.index, dtype, torch.get_num_threads(), channels_last, family, winograd)
     logger.debug("kernels for %s on %s: %s (%s)", dtype, device, choice.describe(), choice.timings_ms)
     return choice
 
@@ -178,4 +225,12 @@ def set_norm_kernel(network: nn.Module, kernel: str) -> None:
     """Make every instance norm of ``network`` run as ``kernel`` (see :class:`KernelChoice`)."""
     for module in network.modules():
         if isinstance(module, InstanceNorm2d):
+            module.kernel = kernel
+
+
+def set_conv_kernel(network: nn.Module, kernel: str) -> None:
+    """Make every :class:`~gan_style.nn.layers.Conv2d` of ``network`` run as ``kernel``
+    ("direct" or "winograd", see :class:`KernelChoice`)."""
+    for module in network.modules():
+        if isinstance(module, Conv2d):
             module.kernel = kernel

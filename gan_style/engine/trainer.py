@@ -47,7 +47,7 @@ from gan_style.engine.checkpoint import (
 )
 from gan_style.engine.contract import Method, OptimizerSpec, StepContext
 from gan_style.engine.ema import WeightAverage
-from gan_style.engine.kernels import KernelChoice, choose_kernels, set_norm_kernel, to_channels_last
+from gan_style.engine.kernels import KernelChoice, choose_kernels, set_conv_kernel, set_norm_kernel, to_channels_last
 from gan_style.engine.memory import HeapTrimmer
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
@@ -120,6 +120,7 @@ class Trainer:
             if self.channels_last:
                 to_channels_last(net)
             set_norm_kernel(net, self.kernels.norm_kernel)
+            set_conv_kernel(net, self.kernels.conv_kernel)
             self._raw[name] = net
         self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}
         self._check_optimizer_specs()
@@ -252,7 +253,8 @@ class Trainer:
         The main process measures and every process uses its choice (DDP replicas must agree)."""
         dtype = STEP_DTYPES.get(self.config.mixed_precision, torch.float32)
         layout = None if self.config.channels_last == "auto" else bool(self.config.channels_last)
-        choice = [choose_kernels(self.device, dtype, layout, self.method.kernel_probe) if self.accelerator.is_main_process else None]
+        winograd = None if self.config.winograd == "auto" else bool(self.config.winograd)
+        choice = [choose_kernels(self.device, dtype, layout, self.method.kernel_probe, winograd) if self.accelerator.is_main_process else None]
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 

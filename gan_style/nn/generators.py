@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from gan_style.nn.antialias import Downsample, Upsample
-from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, conv_bias_for, init_weights, norm_layer
+from gan_style.nn.layers import Conv2d, ReflectionPad2d, ReplicationPad2d, conv_bias_for, init_weights, norm_layer
 
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "resnet_4blocks", "unet_128", "unet_256")
 
@@ -35,13 +35,13 @@ class ResnetBlock(nn.Module):
         conv_padding = 1 if padding == "zero" else 0
         layers: list[nn.Module] = [
             *pad(),
-            nn.Conv2d(channels, channels, 3, padding=conv_padding, bias=bias),
+            Conv2d(channels, channels, 3, padding=conv_padding, bias=bias),
             norm_layer(norm, channels),
             nn.ReLU(True),
         ]
         if dropout:
             layers.append(nn.Dropout(0.5))
-        layers += [*pad(), nn.Conv2d(channels, channels, 3, padding=conv_padding, bias=bias), norm_layer(norm, channels)]
+        layers += [*pad(), Conv2d(channels, channels, 3, padding=conv_padding, bias=bias), norm_layer(norm, channels)]
         self.conv_block = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,7 +80,7 @@ class ResnetGenerator(nn.Module):
         for _ in range(2):
             if antialias:
                 layers += [
-                    nn.Conv2d(channels, channels * 2, 3, stride=1, padding=1, bias=bias),
+                    Conv2d(channels, channels * 2, 3, stride=1, padding=1, bias=bias),
                     norm_layer(norm, channels * 2),
                     nn.ReLU(True),
                     Downsample(channels * 2),
@@ -97,7 +97,7 @@ class ResnetGenerator(nn.Module):
             if antialias_up:
                 layers += [
                     Upsample(channels),
-                    nn.Conv2d(channels, channels // 2, 3, stride=1, padding=1, bias=bias),
+                    Conv2d(channels, channels // 2, 3, stride=1, padding=1, bias=bias),
                     norm_layer(norm, channels // 2),
                     nn.ReLU(True),
                 ]

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gan_style.nn.adain import adaptive_instance_norm
-from gan_style.nn.layers import ReflectionPad2d, ReplicationPad2d, autocast_on, is_channels_last, norm_layer
+from gan_style.nn.layers import Conv2d, ReflectionPad2d, ReplicationPad2d, autocast_on, is_channels_last, norm_layer
 
 __all__ = [
     "AdaptiveInstanceNorm2d",
@@ -127,7 +127,7 @@ class Conv2dBlock(nn.Module):
         self.pad = padding_layer(pad_type, padding)
         self.norm = make_norm(norm, out_channels)
         self.activation = activation_layer(activation)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride)
 
     def forward(self, x: Tensor, style: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = self.conv(self.pad(x))
