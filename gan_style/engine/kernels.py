@@ -97,15 +97,13 @@ def _resnet_probe(channels: int) -> nn.Module:
 PROBES: dict[str, Callable[[int], nn.Module]] = {"resnet": _resnet_probe, "stylegan2": _StyleGAN2Probe}
 
 
-def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str, conv_kernel: str,
-           shape: tuple[int, int, int, int], family: str) -> Callable[[], None]:
-    """One training pass (forward and backward, autocast for a lower-precision dtype, fp32 weights)
-    through a small network of the method's family (``PROBES``), whose mix of widths and
-    resolutions decides the layout (a single bottleneck layer did not: it picked NCHW for bf16
-    steps that ran 8-10 % faster channels-last)."""
+def _training_pass(build: Callable[[], nn.Module], shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype,
+                   channels_last: bool, norm_kernel: str, conv_kernel: str) -> Callable[[], None]:
+    """One training pass (forward and backward, autocast for a lower-precision dtype, fp32
+    weights) through ``build()`` on a ``shape`` input in the candidate configuration."""
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(0)  # the probe's weights; the caller's random state is restored below
-    network = PROBES[family](shape[1]).to(device)
+    network = build().to(device)
     torch.random.set_rng_state(torch_state)
     if channels_last:
         to_channels_last(network)
@@ -123,23 +121,22 @@ def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_k
     return step
 
 
+def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str,
+           shape: tuple[int, int, int, int], family: str) -> Callable[[], None]:
+    """A training pass through a small network of the method's family (``PROBES``), whose mix of
+    widths and resolutions decides the layout (a single bottleneck layer did not: it picked NCHW
+    for bf16 steps that ran 8-10 % faster channels-last)."""
+    return _training_pass(lambda: PROBES[family](shape[1]), shape, device, dtype, channels_last, norm_kernel, "direct")
+
+
 def _conv_probe(device: torch.device, channels_last: bool, norm_kernel: str, conv_kernel: str) -> Callable[[], None]:
-    """One training pass through a 256-channel residual block at 32x32, batch 2 (CycleGAN's and
-    CUT's at 128 px, MUNIT's content encoder's), where Winograd acts: inside a whole one-block
+    """An fp32 training pass through a 256-channel residual block at 32x32, batch 2 (CycleGAN's
+    and CUT's at 128 px, MUNIT's content encoder's), where Winograd acts: inside a whole one-block
     generator the 3x3 kernel's share was too small for the probe to tell the two apart."""
     from gan_style.nn.generators import ResnetBlock
 
-    torch_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    block = ResnetBlock(256, "instance", dropout=False).to(device)
-    torch.random.set_rng_state(torch_state)
-    if channels_last:
-        to_channels_last(block)
-    set_norm_kernel(block, norm_kernel)
-    set_conv_kernel(block, conv_kernel)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(2, 256, 32, 32, generator=torch.Generator().manual_seed(0)).to(device).contiguous(memory_format=memory_format)
-    return lambda: block(x).square().mean().backward()
+    return _training_pass(lambda: ResnetBlock(256, "instance", dropout=False), (2, 256, 32, 32), device, torch.float32,
+                          channels_last, norm_kernel, conv_kernel)
 
 
 def _median_ms(probes: dict[str, Callable[[], None]], device: torch.device, rounds: int = 7) -> dict[str, float]:
@@ -175,7 +172,7 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # 0.75 ms) and in whole steps (CUT bf16: 0.61 vs 0.55 s), the probe could not tell them apart.
     channels_last_kernels = ("native", "reductions", "contiguous") if device.type == "cuda" else ("reductions",)
     candidates = [(cl, kernel) for cl in layouts for kernel in (channels_last_kernels if cl else nchw_kernels)]
-    timings = _median_ms({_candidate_name(*c): _probe(device, dtype, *c, "direct", shape, family) for c in candidates}, device)
+    timings = _median_ms({_candidate_name(*c): _probe(device, dtype, *c, shape, family) for c in candidates}, device)
     best_time = min(timings.values())
     # ties: in bf16/fp16 channels-last first (whole bf16 steps of every method ran 10-40 % faster
     # channels-last on the AVX-512 Xeon, more than the probe shows), in fp32 NCHW; then the
