@@ -59,7 +59,8 @@ class Conv2d(nn.Conv2d):
     Winograd convolution (``gan_style.nn.winograd``) in fp32 steps.
 
     ``kernel`` is set by the trainer from a measurement (gan_style.engine.kernels): "direct"
-    (PyTorch's convolution, the default, and always used outside training networks) or
+    (PyTorch's convolution; the default, so networks built outside a trainer, as
+    ``gan_style.load`` builds them for inference, run directly) or
     "winograd": F(4x4, 3x3) for an fp32 input outside autocast, when both widths are at least
     ``WINOGRAD_MIN_CHANNELS`` (narrower layers on large maps move more data than they save in
     multiplications), with zero or no padding; every other case runs directly.
