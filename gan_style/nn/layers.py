@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_style.nn.winograd import winograd_conv3x3
-
 NORMS = ("instance", "batch", "none")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 
@@ -70,6 +68,8 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kernel == "winograd" and self._winograd_applies(x):
+            from gan_style.nn.winograd import winograd_conv3x3  # it uses this module's layout helpers
+
             return winograd_conv3x3(x, self.weight, self.bias, self.padding[0])
         return super().forward(x)
 

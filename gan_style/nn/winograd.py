@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from gan_style.nn.layers import is_channels_last
+
 # 1-D transforms (B^T, G, A^T), Toom-Cook with infinity among the points (Lavin & Gray, section
 # 4). F(2, 3): the points 0, 1, -1. F(4, 3): 0, 1, -1, 1/2, -2 rather than Lavin & Gray's 0, +-1,
 # +-2: the error falls from ~7e-6 to ~2.6e-6 of the output's largest value, about the direct
@@ -121,7 +123,7 @@ class _WinogradConv3x3(torch.autograd.Function):
         n, c_in, height, width = padded.shape
         c_out = weight.shape[0]
         th, tw = (height - 2) // m, (width - 2) // m
-        channels_last = padded.stride(1) == 1 and c_in > 1
+        channels_last = is_channels_last(padded)
         # the output first, before the temporaries: a long-lived tensor allocated into the hole
         # they leave would fragment the C heap (peak RSS of a CycleGAN step +10-15 %)
         result = torch.empty((n, c_out, th * m, tw * m), dtype=padded.dtype, device=padded.device,
@@ -159,7 +161,7 @@ class _WinogradConv3x3(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         # the weight's gradient (kept until the optimiser step) before the temporaries, as in forward
         if ctx.needs_input_grad[1]:
-            layout = torch.channels_last if weight.stride(1) == 1 and c_in > 1 else torch.contiguous_format
+            layout = torch.channels_last if is_channels_last(weight) else torch.contiguous_format
             grad_weight = torch.empty_like(weight, memory_format=layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_products[a + 1].sum(0)
