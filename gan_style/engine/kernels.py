@@ -179,10 +179,12 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # safest norm kernel
     order = sorted(candidates, key=lambda c: (c[0] != low_precision, KERNEL_PREFERENCE.index(c[1])))
     channels_last, norm_kernel = next(c for c in order if timings[_candidate_name(*c)] <= best_time * 1.03)
-    # Winograd: fp32 steps on the CPU (Conv2d runs autocast steps directly anyway), networks with
-    # gan_style.nn.layers.Conv2d layers (the ResNet family); direct unless 3 % faster
+    # Winograd: fp32 steps on the CPU (Conv2d runs autocast steps directly anyway), families whose
+    # networks have gan_style.nn.layers.Conv2d layers (the ResNet one); direct unless 3 % faster
     conv_kernel = "direct"
-    if dtype == torch.float32 and device.type == "cpu" and family == "resnet" and winograd is not False:
+    with torch.random.fork_rng(devices=[]):  # building it draws weights: leave the caller's random state alone
+        has_conv2d = any(isinstance(m, Conv2d) for m in PROBES[family](3).modules())
+    if dtype == torch.float32 and device.type == "cpu" and has_conv2d and winograd is not False:
         if winograd:
             conv_kernel = "winograd"
         else:
