@@ -2,7 +2,8 @@
 again", ICML 2019), as CUT uses them in its generator and discriminator.
 
 The binomial filters are registered buffers named ``filt`` (one copy per channel), because the
-reference checkpoints contain them; they are constants.
+reference checkpoints contain them; they are constants, so the filters' backward is their adjoint
+(``gan_style.nn.fixed_filter``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gan_style.nn.fixed_filter import fixed_filter
 
 
 def _in_float32(filter_fn):
@@ -46,7 +49,7 @@ class Downsample(nn.Module):
     @_in_float32
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        return F.conv2d(x, self.filt, stride=2, groups=self.channels)
+        return fixed_filter(x, self.filt, stride=2)
 
 
 class Upsample(nn.Module):
@@ -63,4 +66,4 @@ class Upsample(nn.Module):
     @_in_float32
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")
-        return F.conv_transpose2d(x, self.filt, stride=2, padding=3, groups=self.channels)
+        return fixed_filter(x, self.filt, stride=2, padding=3, transposed=True)

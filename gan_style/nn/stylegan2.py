@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gan_style.nn.fixed_filter import fixed_filter
 from gan_style.nn.layers import ReflectionPad2d
 
 DEFAULT_BLUR_TAPS = (1, 3, 3, 1)
@@ -127,6 +128,7 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
     The same 2-D ``kernel`` (kh, kw) is applied to every channel, as a true convolution (the kernel
     is flipped, which matters only for asymmetric kernels). ``pad`` = (before, after) on both axes;
     a negative value crops. Output size per axis: (n * up + pad[0] + pad[1] - k) // down + 1.
+    The filter is a constant: its backward is its adjoint (``gan_style.nn.fixed_filter``).
     """
     batch, channels, height, width = x.shape
     if up > 1:
@@ -136,8 +138,8 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
         x = x.reshape(batch, channels, height * up, width * up)
     before, after = pad
     x = F.pad(x, (before, after, before, after))
-    weight = torch.flip(kernel, (0, 1)).to(x.dtype).expand(channels, 1, *kernel.shape)
-    return F.conv2d(x, weight, stride=down, groups=channels)
+    weight = torch.flip(kernel, (0, 1)).expand(channels, 1, *kernel.shape)
+    return fixed_filter(x, weight, stride=down)
 
 
 def make_blur_kernel(taps: Sequence[float], gain: float = 1.0) -> Tensor:
@@ -158,31 +160,7 @@ class Blur(nn.Module):
         self.pad = pad
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _FixedFilter.apply(x, self.kernel, self.pad)
         return upfirdn2d(x, self.kernel, pad=self.pad)
-
-
-class _FixedFilter(torch.autograd.Function):
-    """``upfirdn2d(x, kernel, pad=pad)`` with a fixed kernel, keeping nothing for the backward.
-
-    Autograd's depthwise convolution keeps its (padded) input to compute a kernel gradient that
-    a fixed filter never needs: a full-size copy of the activation per blur. The backward here is
-    the filter's adjoint (a transposed depthwise convolution, then the padding undone), built from
-    differentiable ops so that double backward (R1) works.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, kernel: Tensor, pad: tuple[int, int]) -> Tensor:
-        ctx.kernel, ctx.pad = kernel, pad
-        return upfirdn2d(x, kernel, pad=pad)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        before, after = ctx.pad
-        weight = torch.flip(ctx.kernel, (0, 1)).to(grad.dtype).expand(grad.shape[1], 1, *ctx.kernel.shape)
-        grad_padded = F.conv_transpose2d(grad, weight, groups=grad.shape[1])
-        return F.pad(grad_padded, (-before, -after, -before, -after)), None, None
 
 
 def downsampling_blur_pad(taps: int, kernel_size: int, factor: int = 2) -> tuple[int, int]:
