@@ -11,13 +11,14 @@ generator, or StyleGAN2 blocks) in every candidate configuration and keeps the f
 * memory format: contiguous (NCHW) or channels-last (NHWC);
 * the norm kernel. NCHW: PyTorch's as is ("native"), or for a lower-precision step (bf16, fp16)
   its input cast to fp32 and the result cast back ("float32", numerically the safest, so it wins
-  ties). Channels-last: per-channel sums in channels-last layout ("reductions",
-  ``gan_style.nn.layers._ChannelsLastInstanceNorm``); on GPUs also a detour through NCHW
-  ("contiguous") and PyTorch's own kernel ("native"). On the CPU PyTorch's channels-last forward
-  takes the variance as E[x²] - E[x]² (0.24 max error at mean 100, std 1, in fp32) and its
-  backward is 4-15x slower than on NCHW (bf16, AVX-512 Xeon: 55 ms for 2x128x128x128 forward and
-  backward, 36.6 ms by the NCHW detour, 8-11 ms by the sums). The statistics are fp32 in every
-  kernel.
+  ties). Channels-last: PyTorch's batch-norm kernel on each sample ("batchnorm",
+  ``gan_style.nn.layers._per_sample_batch_norm``); on GPUs also per-channel sums in channels-last
+  layout ("reductions", ``gan_style.nn.layers._ChannelsLastInstanceNorm``), a detour through NCHW
+  ("contiguous") and PyTorch's own group-norm kernel ("native"). On the CPU PyTorch's channels-last
+  group norm takes the variance as E[x²] - E[x]² (0.24 max error at mean 100, std 1, in fp32) and
+  its backward is 4-15x slower than on NCHW (bf16, AVX-512 Xeon: 55 ms for 2x128x128x128 forward
+  and backward, 36.6 ms by the NCHW detour, 8-11 ms by the sums); the batch-norm kernel is 2-4x
+  faster than the sums at batch 1 and 1.3-2x at batch 2. The statistics are fp32 in every kernel.
 
 Then, for fp32 steps on the CPU and the ResNet family, the convolution kernel, timed on one
 256-channel residual block in the chosen layout: PyTorch's direct convolution ("direct"), or
@@ -47,7 +48,7 @@ from gan_style.nn.layers import Conv2d, InstanceNorm2d
 logger = logging.getLogger(__name__)
 
 #: norm kernels in order of preference, for candidates within 3 % of the fastest (after the layout)
-KERNEL_PREFERENCE = ("float32", "native", "reductions", "contiguous")
+KERNEL_PREFERENCE = ("float32", "native", "batchnorm", "reductions", "contiguous")
 
 
 @dataclass(frozen=True)
@@ -167,10 +168,10 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     low_precision = dtype in (torch.bfloat16, torch.float16)
     layouts = (False, True) if layout is None else (layout,)
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
-    # On the CPU the NCHW detour ("contiguous") is left out: slower than the sums for every map
-    # of these networks when timed alone (2x128x128x128 bf16: 36.6 vs 8-11 ms; 2x256x32x32: 1.3 vs
-    # 0.75 ms) and in whole steps (CUT bf16: 0.61 vs 0.55 s), the probe could not tell them apart.
-    channels_last_kernels = ("native", "reductions", "contiguous") if device.type == "cuda" else ("reductions",)
+    # On the CPU only the batch-norm kernel: faster than the sums for every map of these networks
+    # (fp32 and bf16, batch 1 and 2), the sums faster than the NCHW detour (2x128x128x128 bf16:
+    # 8-11 vs 36.6 ms; in whole steps, CUT bf16: 0.55 vs 0.61 s) that the probe could not tell apart.
+    channels_last_kernels = ("native", "batchnorm", "reductions", "contiguous") if device.type == "cuda" else ("batchnorm",)
     candidates = [(cl, kernel) for cl in layouts for kernel in (channels_last_kernels if cl else nchw_kernels)]
     timings = _median_ms({_candidate_name(*c): _probe(device, dtype, *c, shape, family) for c in candidates}, device)
     best_time = min(timings.values())

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gan_style.nn.layers import instance_norm
 from gan_style.nn.vgg import VGG19Features
 
 __all__ = [
@@ -145,7 +146,7 @@ class PerceptualLoss(nn.Module):
 
     def _distance(self, a: Tensor, b: Tensor) -> Tensor:
         if self.normalize_features:
-            a, b = F.instance_norm(a), F.instance_norm(b)
+            a, b = instance_norm(a), instance_norm(b)
         if self.gram:
             a, b = gram_matrix(a), gram_matrix(b)
         return F.mse_loss(a, b) if self.criterion == "mse" else F.l1_loss(a, b)

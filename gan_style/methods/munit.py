@@ -59,7 +59,7 @@ from gan_style.engine.contract import InputSpec, Method, MethodConfig, Optimizer
 from gan_style.errors import UserError
 from gan_style.losses.adversarial import gan_loss
 from gan_style.nn.discriminators import MultiScaleDiscriminator, MultiScaleDiscriminatorSpec
-from gan_style.nn.layers import INIT_TYPES, init_weights
+from gan_style.nn.layers import INIT_TYPES, init_weights, instance_norm
 from gan_style.nn.munit_networks import STYLE_DOWNSAMPLE, MUNITGenerator, MUNITGeneratorSpec
 
 __all__ = ["MUNIT", "MUNITAutoEncoder", "MUNITConfig", "config_overrides_from_specs", "random_style", "random_styles"]
@@ -215,8 +215,8 @@ def perceptual_distances(vgg: nn.Module, images: Tensor, targets: Tensor) -> Ten
     squared difference of instance-normalised VGG-16 relu5_3 features; the normalisation removes
     the feature statistics that carry the domain. The targets carry no gradient."""
     with torch.no_grad():
-        wanted = F.instance_norm(vgg(targets, ["relu5_3"])["relu5_3"].float())
-    features = F.instance_norm(vgg(images, ["relu5_3"])["relu5_3"].float())
+        wanted = instance_norm(vgg(targets, ["relu5_3"])["relu5_3"].float())
+    features = instance_norm(vgg(images, ["relu5_3"])["relu5_3"].float())
     return (features - wanted).pow(2).flatten(1).mean(1)
 
 
