@@ -69,9 +69,10 @@ def test_swapae_swap_is_closer_to_the_texture_image_in_colour_and_gram_and_to_th
     at start): reconstruction L1 0.53 -> 0.30; a photo with a painting's texture: colour 0.41 from
     the painting against 0.48 from the photo, Gram 0.88 against 1.11, edges 87.4 from the painting
     against 85.4 from the photo; a painting with a photo's texture: colour 0.36 against 0.49, Gram
-    0.80 against 1.25, edges 86.1 against 85.1. Seed 3 takes the texture more strongly still, but
-    a painting with a photo's texture then has its edges closer to the photo's (86.8 against
-    87.8): the edge margins are 1-2 %, so this test holds for seed 1, not for every seed."""
+    0.80 against 1.25, edges 86.1 against 85.1. Seed 2 meets it too (its photo-structure edges by
+    0.4 %: 87.3 against 87.0). Seed 3 takes the texture more strongly still, but a painting with a
+    photo's texture then has its edges closer to the photo's (86.8 against 87.8): the edge margins
+    are 0.4-2 %, so this test holds for seeds 1 and 2, not for every seed."""
     root = require_shared(DATA / "vangogh2photo")
     before, after, directions = short_run(root, tmp_path / "run", SWAP_ITERATIONS, batch_size=4, seed=1, pairs=PAIRS,
                                           overrides=SWAP_SETTINGS)
