@@ -168,9 +168,9 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     low_precision = dtype in (torch.bfloat16, torch.float16)
     layouts = (False, True) if layout is None else (layout,)
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
-    # On the CPU only the batch-norm kernel: faster than the sums for every map of these networks
-    # (fp32 and bf16, batch 1 and 2), the sums faster than the NCHW detour (2x128x128x128 bf16:
-    # 8-11 vs 36.6 ms; in whole steps, CUT bf16: 0.55 vs 0.61 s) that the probe could not tell apart.
+    # On the CPU only the batch-norm kernel: timed alone it beat the sums on every map of these
+    # networks (fp32 and bf16, batch 1 and 2), and the sums beat the NCHW detour (2x128x128x128
+    # bf16: 8-11 vs 36.6 ms), which the probe had not told apart (whole CUT bf16 steps: 0.55 vs 0.61 s).
     channels_last_kernels = ("native", "batchnorm", "reductions", "contiguous") if device.type == "cuda" else ("batchnorm",)
     candidates = [(cl, kernel) for cl in layouts for kernel in (channels_last_kernels if cl else nchw_kernels)]
     timings = _median_ms({_candidate_name(*c): _probe(device, dtype, *c, shape, family) for c in candidates}, device)
