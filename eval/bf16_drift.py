@@ -35,7 +35,7 @@ def losses_of_run(method_name: str, steps: int, data: str, overrides: dict) -> d
         **REDUCED.get(method_name, {}),
         "data": {"root": data, "load_size": 72, "crop_size": 64, "max_dataset_size": 200},
         "train": {"max_steps": steps, "batch_size": 2, "log_every": 10**9, "image_every": 10**9, "save_every": 10**9,
-                  "mixed_precision": "no", "winograd": False, "seed": 0},
+                  "mixed_precision": "no", "precision_fallback": False, "winograd": False, "seed": 0},
     } | overrides)
     trainer = Trainer(method_cls(config), run_dir=None, show_progress=False)
     dataset = trainer.method.build_dataset(config.train.seed, 1)

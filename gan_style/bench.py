@@ -9,6 +9,10 @@ reports the median time per iteration after warm-up and the process's peak resid
 Seconds depend on the machine, so it also reports figures that travel between machines: the
 floating-point work of one step (counted on an extra, untimed step), the rate achieved, and the
 rate of a dense matmul of the step's dtype timed in the same process (``fraction_of_peak``).
+
+``mixed_precision`` is the precision the step ran in: with ``--set train.mixed_precision=bf16`` on
+hardware where bf16 was measured slower than fp32 it is ``no`` (fp32; ``train.precision_fallback``),
+and ``requested_precision`` and ``precision_timings_ms`` say what was asked for and measured.
 """
 
 from __future__ import annotations
@@ -104,8 +108,8 @@ def peak_matmul_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = 
 
 def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int | None = None, preset: str | None = None, overrides: Mapping[str, Any] | None = None, count_flops: bool = True) -> dict[str, Any]:
     from gan_style.engine.contract import config_from_overrides
-    from gan_style.engine.kernels import set_conv_kernel
-    from gan_style.engine.trainer import STEP_DTYPES, Trainer
+    from gan_style.engine.kernels import STEP_DTYPES, set_conv_kernel
+    from gan_style.engine.trainer import Trainer
     from gan_style.methods import get_method
 
     method_cls = get_method(method_name)
@@ -150,7 +154,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": torch.get_num_threads(),
         "device": str(trainer.device),
-        "mixed_precision": config.train.mixed_precision,
+        "mixed_precision": trainer.precision.mixed_precision,  # fp32 ("no") where bf16 was measured slower
         "channels_last": trainer.channels_last,  # as chosen (train.channels_last "auto": measured)
         "kernels": trainer.kernels.describe(),
         "kernel_timings_ms": trainer.kernels.timings_ms,
@@ -162,7 +166,9 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # Peak memory is read above, so the counted step and the matmul below change no figure that
     # is compared with the reference's. Counting slows a step down: it is an extra, untimed one.
-    dtype = STEP_DTYPES.get(config.train.mixed_precision, torch.float32)
+    if trainer.precision.timings_ms:
+        result.update(requested_precision=trainer.precision.requested, precision_timings_ms=trainer.precision.timings_ms)
+    dtype = STEP_DTYPES.get(trainer.precision.mixed_precision, torch.float32)
     if count_flops:
         # model FLOPs: the direct convolutions' count, whatever kernel ran them; Winograd's
         # (train.winograd) executes fewer multiplications, reported as executed_gflop_per_iter
@@ -194,6 +200,8 @@ def format_result(result: Mapping[str, Any], as_json: bool) -> str:
         f" ({result.get('cpu', '?')}; {' '.join(result.get('cpu_flags', [])) or 'no AVX2/AVX-512/AMX'}), "
         f"{result['mixed_precision'] if result['mixed_precision'] != 'no' else 'fp32'}: {result.get('kernels', '')}"
     )
+    if result.get("requested_precision", result["mixed_precision"]) != result["mixed_precision"]:
+        line += f" (asked for {result['requested_precision']}, measured slower than fp32: {result['precision_timings_ms']} ms)"
     if "achieved_gflops" in result:
         line += (
             f"; {result['gflop_per_iter']:.4g} GFLOP/iteration, {result['achieved_gflops']:.4g} GFLOP/s = "

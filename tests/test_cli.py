@@ -49,7 +49,7 @@ def test_set_overrides_are_typed_and_validated():
     "train.lr_policy=step", "train.lr_policy=plateau", "train.lr_policy=cosine", "data.preprocess=crop",
     "data.preprocess=scale_width", "data.preprocess=scale_width_and_crop", "data.preprocess=none",
     "data.serial_batches=true", "data.direction=BtoA", "dropout=true", "lambda_identity=0",
-    "train.mixed_precision=bf16", "train.channels_last=false",
+    "train.mixed_precision=bf16", "train.precision_fallback=false", "train.channels_last=false",
 ])
 def test_every_reference_option_trains(option, tmp_path, demo_cache):
     settings = ["--set", option, "--set", "data.load_size=32", "--set", "data.crop_size=32"]

@@ -68,8 +68,10 @@ def test_every_preset_builds(name):
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.parametrize("name", NAMES)
 def test_a_synthetic_step_runs(name, precision, demo_cache):
-    config = smoke(name, mixed_precision=precision)
+    # bf16 as asked even on a CPU without bf16 units, where the run would fall back to fp32
+    config = smoke(name, mixed_precision=precision, precision_fallback=False)
     trainer = Trainer(get_method(name)(config), show_progress=False)
+    assert trainer.accelerator.mixed_precision == trainer.precision.mixed_precision == precision
     before = {n: [p.detach().clone() for p in trainer.unwrapped(n).parameters()] for n in sorted(trainer._owned)}
     size = getattr(getattr(config, "data", None), "crop_size", 32)  # the smoke preset's training size
     generator = torch.Generator().manual_seed(0)
@@ -109,25 +111,36 @@ def test_resume_gives_the_same_next_losses(name, tmp_path, demo_cache):
             assert torch.equal(value, straight[step][key]), f"step {step} {key}: {value} != {straight[step][key]}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_two_process_ddp_keeps_replicas_identical(name, tmp_path, demo_cache):
+def run_two_processes(name: str, out: Path, demo_cache: Path, port: int, precision: str = "no") -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", GAN_STYLE_CACHE=str(demo_cache), PYTHONPATH=str(HERE.parent))
-    port = str(29500 + NAMES.index(name) + 17)
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", port, str(HERE / "ddp_worker.py"), name, str(tmp_path),
+        "--main_process_port", str(port), str(HERE / "ddp_worker.py"), name, str(out), precision,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_two_process_ddp_keeps_replicas_identical(name, tmp_path, demo_cache):
+    reports = run_two_processes(name, tmp_path, demo_cache, 29500 + NAMES.index(name) + 17)
     for report in reports:
         assert report["world_size"] == 2 and report["distributed_type"] == "DistributedType.MULTI_CPU"
         assert len(report["seen"]) == 3
     assert reports[0]["seen"] != reports[1]["seen"], "each process trains on its own shard"
     assert reports[0]["checksums"] == reports[1]["checksums"], "DDP averaged the gradients"
     assert (tmp_path / "run" / "checkpoints" / "latest.rank1.pt").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_train_in_the_precision_the_main_one_measured(tmp_path, demo_cache):
+    # bf16 where it was measured faster, else fp32 (train.precision_fallback): every replica the same
+    reports = run_two_processes("cyclegan", tmp_path, demo_cache, 29500 + len(NAMES) + 17, precision="bf16")
+    assert reports[0]["mixed_precision"] == reports[1]["mixed_precision"] in ("bf16", "no")
+    assert reports[0]["checksums"] == reports[1]["checksums"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -213,6 +226,33 @@ def test_a_lazy_regulariser_runs_every_16_d_steps_and_resumes_in_phase(tmp_path)
         assert logs.keys() == history[step].keys(), step
         for key, value in logs.items():
             assert torch.equal(value, history[step][key]), f"step {step} {key}"
+
+
+@pytest.mark.parametrize(("bf16_ms", "fallback", "trains_in"), [(30.0, True, "no"), (12.0, True, "no"), (12.0, False, "bf16"), (5.0, True, "bf16")])
+def test_bf16_measured_slower_than_fp32_trains_in_fp32_with_a_warning(bf16_ms, fallback, trains_in, monkeypatch, caplog):
+    # the kernel probe's timings as a CPU without bf16 units gives them (bf16 emulated: slower);
+    # 3x slower is settled by the first round (_median_ms), 1.2x by the full choice (_choose)
+    from gan_style.engine import kernels
+
+    def first_round(probes, device, rounds=7):
+        return {name: bf16_ms if name == "bf16" else 10.0 for name in probes}
+
+    def full_choice(device_type, device_index, dtype, threads, layout, family, winograd):
+        return kernels.KernelChoice(False, "native", {}, "direct", probe_ms=bf16_ms if dtype == torch.bfloat16 else 10.0)
+
+    monkeypatch.setattr(kernels, "_median_ms", first_round)
+    monkeypatch.setattr(kernels, "_choose", full_choice)
+    train = dataclasses.replace(MethodConfig().train, mixed_precision="bf16", precision_fallback=fallback, channels_last=False)
+    with caplog.at_level("WARNING", logger="gan_style"):
+        trainer = Trainer(LazyRegularised(MethodConfig(train=train)), show_progress=False)
+    assert trainer.accelerator.mixed_precision == trainer.precision.mixed_precision == trains_in
+    warned = [r.getMessage() for r in caplog.records if "slower than fp32" in r.getMessage()]
+    assert len(warned) == (trains_in == "no")
+    if warned:
+        assert f"{bf16_ms:.0f} ms against 10 ms" in warned[0] and "train.precision_fallback=false" in warned[0]
+        assert trainer.precision.timings_ms == {"bf16": bf16_ms, "fp32": 10.0}
+    logs = trainer.train_step({"x": torch.ones(1, 2)})
+    assert all(torch.isfinite(v).all() for v in logs.values())
 
 
 def test_a_phase_with_no_losses_steps_nothing():

@@ -36,7 +36,8 @@ def test_cut_learns_on_vangogh2photo(tmp_path, precision):
     config = config_from_overrides(CUT, "paper", {
         "ngf": 8, "ndf": 8,
         "data": {"root": str(root), "load_size": 72, "crop_size": 64},
-        "train": {"max_steps": 200, "log_every": 50, "image_every": 1000, "save_every": 1000, "mixed_precision": precision},
+        "train": {"max_steps": 200, "log_every": 50, "image_every": 1000, "save_every": 1000, "mixed_precision": precision,
+                  "precision_fallback": False},
     })
     nce = train_and_record(CUT(config), tmp_path / "run")
     assert len(nce) == 200

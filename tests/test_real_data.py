@@ -49,7 +49,7 @@ def test_cyclegan_learns_vangogh2photo_on_cpu(tmp_path, precision):
         "ngf": 16, "ndf": 16, "netG": "resnet_6blocks",
         "data": {"root": str(root), "load_size": 72, "crop_size": 64, "max_dataset_size": 200},
         "train": {"max_steps": STEPS, "batch_size": 2, "log_every": 50, "image_every": 1000, "save_every": 10_000,
-                  "mixed_precision": precision},
+                  "mixed_precision": precision, "precision_fallback": False},
     })
     trainer = Trainer(CycleGAN(config), tmp_path / "run", show_progress=False)
     real_A, real_B = held_out_batch(root)

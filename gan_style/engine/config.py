@@ -50,6 +50,9 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     mixed_precision: str = "no"
+    # Where the lower precision (bf16, fp16) is measured slower than fp32 at start (no bf16 units:
+    # an AVX2-only CPU, a pre-Ampere GPU), train in fp32 and warn; false: the precision as asked.
+    precision_fallback: bool = True
     # Speed options that leave fp32 numerics unchanged (see README, "Speed"). channels_last:
     # true, false, or "auto": the faster layout for the step's dtype on this device, measured at
     # start (gan_style.engine.kernels), which also picks the norms' precision in bf16/fp16 steps.

@@ -30,6 +30,12 @@ step. GPUs keep "direct": cuDNN picks its own Winograd kernels.
 ``train.channels_last`` true/false fixes the layout (the norm kernel is still measured), and
 ``train.winograd`` true/false the convolution kernel; ``"auto"`` (the default of both) measures.
 The choice is logged and ``gan-style bench`` reports it with the timings.
+
+Lower precision itself is measured too (:func:`choose_precision`): a bf16 step is only faster
+where the hardware has bf16 units (AMX or AVX512-BF16 CPUs, Ampere-or-later GPUs). Elsewhere
+PyTorch emulates bf16 arithmetic, slower than fp32, so a run asking for ``bf16`` trains in fp32
+with a warning when the probe's bf16 pass is slower than its fp32 one
+(``train.precision_fallback``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ from gan_style.nn.layers import Conv2d, InstanceNorm2d
 
 logger = logging.getLogger(__name__)
 
+#: the dtype of a step's arithmetic per ``train.mixed_precision`` ("no": fp32)
+STEP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 #: norm kernels in order of preference, for candidates within 3 % of the fastest (after the layout)
 KERNEL_PREFERENCE = ("float32", "native", "batchnorm", "reductions", "contiguous")
 
@@ -59,6 +68,7 @@ class KernelChoice:
     norm_kernel: str  # see gan_style.nn.layers.InstanceNorm2d.kernel
     timings_ms: dict[str, float] = field(default_factory=dict)
     conv_kernel: str = "direct"  # see gan_style.nn.layers.Conv2d.kernel
+    probe_ms: float = 0.0  # the family probe's training pass in the chosen layout and norm kernel
 
     def describe(self) -> str:
         layout = "channels-last" if self.channels_last else "contiguous (NCHW)"
@@ -158,13 +168,17 @@ def _median_ms(probes: dict[str, Callable[[], None]], device: torch.device, roun
     return {name: sorted(t)[len(t) // 2] * 1000 for name, t in seconds.items()}
 
 
+def _probe_shape(device: torch.device) -> tuple[int, int, int, int]:
+    # 128 px, batch 2 (at batch 1 the layouts differed by less than the noise); larger on GPUs,
+    # where a small pass would time the launch overhead
+    return (2, 3, 128, 128) if device.type == "cpu" else (8, 3, 256, 256)
+
+
 @functools.cache
 def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, threads: int, layout: bool | None, family: str,
             winograd: bool | None) -> KernelChoice:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    # 128 px, batch 2 (at batch 1 the layouts differed by less than the noise); larger on GPUs,
-    # where a small pass would time the launch overhead
-    shape = (2, 3, 128, 128) if device.type == "cpu" else (8, 3, 256, 256)
+    shape = _probe_shape(device)
     low_precision = dtype in (torch.bfloat16, torch.float16)
     layouts = (False, True) if layout is None else (layout,)
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
@@ -194,7 +208,8 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
             timings.update(conv_timings)
             if conv_timings["winograd 3x3 convolutions"] < conv_timings["direct 3x3 convolutions"] / 1.03:
                 conv_kernel = "winograd"
-    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel)
+    probe_ms = round(timings[_candidate_name(channels_last, norm_kernel)], 2)
+    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel, probe_ms)
 
 
 def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet",
@@ -209,6 +224,44 @@ def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last
     choice = _choose(device.type, device.index, dtype, torch.get_num_threads(), channels_last, family, winograd)
     logger.debug("kernels for %s on %s: %s (%s)", dtype, device, choice.describe(), choice.timings_ms)
     return choice
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run trains in (``train.mixed_precision``'s values: "no" is fp32): the one
+    asked for, or fp32 where the lower one was measured slower, with the probe's milliseconds."""
+
+    mixed_precision: str
+    requested: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.mixed_precision != self.requested
+
+
+def choose_precision(device: torch.device | str, requested: str, channels_last: bool | None = None, family: str = "resnet",
+                     winograd: bool | None = None) -> PrecisionChoice:
+    """``requested`` ("bf16", "fp16"), or "no" (fp32) when the kernel probe's training pass of
+    ``family`` in the fastest kernels for that dtype (:func:`choose_kernels`, with the layout and
+    Winograd settings the run will use, so the run's own choice reuses these measurements) is
+    slower than in the fastest fp32 ones. Without bf16 units (an AVX2-only CPU) PyTorch emulates
+    bf16 arithmetic: its convolutions are several times slower than fp32 ones (10x on a 2-core
+    AMD EPYC with oneDNN held to AVX2), so a first round of one layout settles that case before
+    the other candidates take a minute to time."""
+    if requested not in STEP_DTYPES:
+        return PrecisionChoice(requested, requested)
+    device, dtype = torch.device(device), STEP_DTYPES[requested]
+    layout = True if channels_last is None else channels_last
+    norm_kernel = "batchnorm" if layout and device.type == "cpu" else "native"
+    screen = _median_ms({name: _probe(device, probe_dtype, layout, norm_kernel, _probe_shape(device), family)
+                         for name, probe_dtype in ((requested, dtype), ("fp32", torch.float32))}, device, rounds=2)
+    if screen[requested] > 1.5 * screen["fp32"]:
+        return PrecisionChoice("no", requested, {k: round(v, 2) for k, v in screen.items()})
+    low = choose_kernels(device, dtype, channels_last, family, winograd)
+    full = choose_kernels(device, torch.float32, channels_last, family, winograd)
+    chosen = requested if low.probe_ms <= full.probe_ms else "no"
+    return PrecisionChoice(chosen, requested, {requested: low.probe_ms, "fp32": full.probe_ms})
 
 
 def to_channels_last(net: nn.Module) -> None:

@@ -47,7 +47,16 @@ from gan_style.engine.checkpoint import (
 )
 from gan_style.engine.contract import Method, OptimizerSpec, StepContext
 from gan_style.engine.ema import WeightAverage
-from gan_style.engine.kernels import KernelChoice, choose_kernels, set_conv_kernel, set_norm_kernel, to_channels_last
+from gan_style.engine.kernels import (
+    STEP_DTYPES,
+    KernelChoice,
+    PrecisionChoice,
+    choose_kernels,
+    choose_precision,
+    set_conv_kernel,
+    set_norm_kernel,
+    to_channels_last,
+)
 from gan_style.engine.memory import HeapTrimmer
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
@@ -56,8 +65,6 @@ from gan_style.errors import CheckpointError
 log = logging.getLogger(__name__)
 #: The checkpoint of the best evaluation so far (train.eval_every), beside latest.pt.
 BEST = "best.pt"
-#: the dtype of a step's arithmetic per train.mixed_precision
-STEP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -84,13 +91,17 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
     return batch
 
 
+def _use_cpu() -> bool:
+    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     """An Accelerator for this process. Without CUDA it is told to use the CPU: accelerate then
     sets up gloo DDP when launched with several processes (``accelerate launch --multi_gpu
     --num_processes 2`` or ``torchrun``), instead of silently running each process alone."""
     from accelerate.state import AcceleratorState
 
-    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    use_cpu = _use_cpu()
     shared = AcceleratorState._shared_state
     if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision:
         # accelerate keeps one precision per process; a second trainer in the same process
@@ -104,7 +115,12 @@ class Trainer:
         self.method = method
         self.config = method.config.train
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.accelerator = accelerator or make_accelerator(self.config.mixed_precision)
+        if accelerator is None:
+            self.precision = self._choose_precision()
+            accelerator = make_accelerator(self.precision.mixed_precision)
+        else:  # the caller's precision, as it is
+            self.precision = PrecisionChoice(accelerator.mixed_precision, accelerator.mixed_precision)
+        self.accelerator = accelerator
         self.device = self.accelerator.device
         self.show_progress = show_progress and self.accelerator.is_main_process
         self.progress = Progress(epoch=self.config.epoch_count)
@@ -247,20 +263,48 @@ class Trainer:
         progress.step += 1
         return logs
 
+    def _kernel_settings(self) -> tuple[bool | None, str, bool | None]:
+        """(layout, probe family, winograd) for gan_style.engine.kernels; None: measured."""
+        layout = None if self.config.channels_last == "auto" else bool(self.config.channels_last)
+        winograd = None if self.config.winograd == "auto" else bool(self.config.winograd)
+        return layout, self.method.kernel_probe, winograd
+
+    def _choose_precision(self) -> PrecisionChoice:
+        """train.mixed_precision, or fp32 with a warning where the lower precision's training pass
+        was measured slower (no bf16 units: PyTorch emulates bf16) and train.precision_fallback is
+        on. Chosen before the Accelerator exists (its precision is fixed when it is made): the
+        main process measures, through accelerate's process state, and every process follows."""
+        requested = self.config.mixed_precision
+        if requested not in STEP_DTYPES or not self.config.precision_fallback:
+            return PrecisionChoice(requested, requested)
+        from accelerate import PartialState
+
+        state = PartialState(cpu=_use_cpu())
+        choice = [choose_precision(state.device, requested, *self._kernel_settings()) if state.is_main_process else None]
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(choice)
+        precision = choice[0]
+        if precision.fell_back and state.is_main_process:
+            log.warning("train.mixed_precision=%s is slower than fp32 on this %s (a training pass: %.0f ms against %.0f ms; "
+                        "no %s units), so this run trains in fp32; train.precision_fallback=false keeps %s",
+                        requested, state.device.type.upper() if state.device.type == "cpu" else state.device,
+                        precision.timings_ms[requested], precision.timings_ms["fp32"], requested, requested)
+        return precision
+
     def _choose_kernels(self) -> KernelChoice:
         """train.channels_last as set, or ("auto") the layout measured fastest for the step's
         dtype, and how instance norms run (gan_style.engine.kernels).
         The main process measures and every process uses its choice (DDP replicas must agree)."""
-        dtype = STEP_DTYPES.get(self.config.mixed_precision, torch.float32)
-        layout = None if self.config.channels_last == "auto" else bool(self.config.channels_last)
-        winograd = None if self.config.winograd == "auto" else bool(self.config.winograd)
-        choice = [choose_kernels(self.device, dtype, layout, self.method.kernel_probe, winograd) if self.accelerator.is_main_process else None]
+        dtype = STEP_DTYPES.get(self.precision.mixed_precision, torch.float32)
+        choice = [choose_kernels(self.device, dtype, *self._kernel_settings()) if self.accelerator.is_main_process else None]
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
             broadcast_object_list(choice)
-        log.info("kernels for %s steps on %s: %s", self.config.mixed_precision if dtype != torch.float32 else "fp32",
-                    self.device, choice[0].describe())
+        log.info("kernels for %s steps on %s: %s", self.precision.mixed_precision if dtype != torch.float32 else "fp32",
+                 self.device, choice[0].describe())
         return choice[0]
 
     # -- the loop ------------------------------------------------------------------------------
