@@ -4,7 +4,7 @@ Which layout and which norm kernel are fastest depends on the dtype and the hard
 differences are large: on an AVX-512/AMX Xeon, PyTorch's bf16 group norm (our instance norm) on a
 channels-last tensor runs its backward about 15x slower than on a contiguous one, while in fp32
 channels-last is as fast or faster. A fixed default is therefore wrong somewhere. Before training,
-:func:`choose_kernels` times a training pass (forward and backward, 128 px, batch 2) through a
+:func:`choose_kernels` times a training pass (forward and backward, ``PROBE_SHAPES``: 128 px at batch 2, or 32 px at batch 16) through a
 small network of the method's family (``Method.kernel_probe``, ``PROBES``: a one-block ResNet
 generator, or StyleGAN2 blocks) in every candidate configuration and keeps the fastest:
 
@@ -106,6 +106,14 @@ def _resnet_probe(channels: int) -> nn.Module:
 #: CycleGAN / CUT ResNet generator (7x7 stem, stride-2 convs, one residual block, transposed-conv
 #: up-sampling, instance norms), and StyleGAN2's blocks
 PROBES: dict[str, Callable[[int], nn.Module]] = {"resnet": _resnet_probe, "stylegan2": _StyleGAN2Probe}
+#: the probe's input on a CPU, per family: the ResNet generators at 128 px, batch 2 (at batch 1 the
+#: layouts differed by less than the noise); StyleGAN2 blocks at 32 px, batch 16, because the
+#: Swapping Autoencoder's discriminators judge 6 images (D) or 16-48 patches (Dpatch) at once and
+#: the layouts part with the batch: at 128 px, batch 2, the verdict flipped between runs
+#: (channels-last 0.92x and 1.11x NCHW's time, 2-core AMD EPYC, fp32) and picked NCHW for a step
+#: that ran 25 % slower than channels-last (25.6 s against 20.4 s); at 32 px, batch 16 it was
+#: 0.87-0.91x in three runs (bf16: 0.91x), at half the cost
+PROBE_SHAPES = {"resnet": (2, 3, 128, 128), "stylegan2": (16, 3, 32, 32)}
 
 
 def _training_pass(build: Callable[[], nn.Module], shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype,
@@ -168,17 +176,16 @@ def _median_ms(probes: dict[str, Callable[[], None]], device: torch.device, roun
     return {name: sorted(t)[len(t) // 2] * 1000 for name, t in seconds.items()}
 
 
-def _probe_shape(device: torch.device) -> tuple[int, int, int, int]:
-    # 128 px, batch 2 (at batch 1 the layouts differed by less than the noise); larger on GPUs,
-    # where a small pass would time the launch overhead
-    return (2, 3, 128, 128) if device.type == "cpu" else (8, 3, 256, 256)
+def _probe_shape(device: torch.device, family: str) -> tuple[int, int, int, int]:
+    # PROBE_SHAPES on a CPU; larger on GPUs, where a small pass would time the launch overhead
+    return PROBE_SHAPES[family] if device.type == "cpu" else (8, 3, 256, 256)
 
 
 @functools.cache
 def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, threads: int, layout: bool | None, family: str,
             winograd: bool | None) -> KernelChoice:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    shape = _probe_shape(device)
+    shape = _probe_shape(device, family)
     low_precision = dtype in (torch.bfloat16, torch.float16)
     layouts = (False, True) if layout is None else (layout,)
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
@@ -217,7 +224,7 @@ def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last
     """The fastest memory format (``channels_last=None``; or the one given), norm kernel and (fp32
     on a CPU, ``winograd=None``; or as given) convolution kernel for ``dtype`` steps on
     ``device``, measured on a network of ``family`` (``PROBES``) once per process (and thread
-    count): 2.5-5 s on a CPU (ResNet probe, 2 threads; the StyleGAN2 one takes longer)."""
+    count): 2.5-5 s on a CPU (ResNet probe, 2 threads; about as long for the StyleGAN2 one)."""
     if family not in PROBES:
         raise ValueError(f"kernel probe must be one of {', '.join(PROBES)}, got {family!r}")
     device = torch.device(device)
@@ -254,7 +261,7 @@ def choose_precision(device: torch.device | str, requested: str, channels_last: 
     device, dtype = torch.device(device), STEP_DTYPES[requested]
     layout = True if channels_last is None else channels_last
     norm_kernel = "batchnorm" if layout and device.type == "cpu" else "native"
-    screen = _median_ms({name: _probe(device, probe_dtype, layout, norm_kernel, _probe_shape(device), family)
+    screen = _median_ms({name: _probe(device, probe_dtype, layout, norm_kernel, _probe_shape(device, family), family)
                          for name, probe_dtype in ((requested, dtype), ("fp32", torch.float32))}, device, rounds=2)
     if screen[requested] > 1.5 * screen["fp32"]:
         return PrecisionChoice("no", requested, {k: round(v, 2) for k, v in screen.items()})
