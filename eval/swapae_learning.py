@@ -23,6 +23,10 @@ this is not reached in 1200 iterations by any configuration tried (docs/swapae.m
   average ``train.ema_decay=0.995``, 8 patch crops) the figures hover around parity and change
   sides from one evaluation to the next (every 200 iterations): sometimes one direction meets the
   whole criterion, never both, never for long.
+
+With the patch co-occurrence loss at 4x its paper weight (``--set netE_num_downsampling_sp=3 --set
+lambda_PatchGAN=4``) seeds 1 and 2 met the whole criterion on an Intel Xeon and neither did on an
+AMD EPYC (docs/swapae.md): another CPU's rounding takes 1200 GAN steps elsewhere.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Which layout and which norm kernel are fastest depends on the dtype and the hard
 differences are large: on an AVX-512/AMX Xeon, PyTorch's bf16 group norm (our instance norm) on a
 channels-last tensor runs its backward about 15x slower than on a contiguous one, while in fp32
 channels-last is as fast or faster. A fixed default is therefore wrong somewhere. Before training,
-:func:`choose_kernels` times a training pass (forward and backward, ``PROBE_SHAPES``: 128 px at batch 2, or 32 px at batch 16) through a
-small network of the method's family (``Method.kernel_probe``, ``PROBES``: a one-block ResNet
-generator, or StyleGAN2 blocks) in every candidate configuration and keeps the fastest:
+:func:`choose_kernels` times a training pass (forward and backward; ``PROBE_SHAPES``: 128 px at
+batch 2, or 32 px at batch 16) through a small network of the method's family
+(``Method.kernel_probe``, ``PROBES``: a one-block ResNet generator, or StyleGAN2 blocks) in every
+candidate configuration and keeps the fastest:
 
 * memory format: contiguous (NCHW) or channels-last (NHWC);
 * the norm kernel. NCHW: PyTorch's as is ("native"), or for a lower-precision step (bf16, fp16)

@@ -95,6 +95,17 @@ def _use_cpu() -> bool:
     return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
 
 
+def _measured_on_main(state: Any, measure: Callable[[], Any]) -> Any:
+    """``measure()`` run by the main process of ``state`` (accelerate's PartialState or an
+    Accelerator), its result on every process: DDP replicas must agree on kernels and precision."""
+    result = [measure() if state.is_main_process else None]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(result)
+    return result[0]
+
+
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     """An Accelerator for this process. Without CUDA it is told to use the CPU: accelerate then
     sets up gloo DDP when launched with several processes (``accelerate launch --multi_gpu
@@ -280,15 +291,10 @@ class Trainer:
         from accelerate import PartialState
 
         state = PartialState(cpu=_use_cpu())
-        choice = [choose_precision(state.device, requested, *self._kernel_settings()) if state.is_main_process else None]
-        if state.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(choice)
-        precision = choice[0]
+        precision = _measured_on_main(state, lambda: choose_precision(state.device, requested, *self._kernel_settings()))
         if precision.fell_back and state.is_main_process:
-            log.warning("train.mixed_precision=%s is slower than fp32 on this %s (a training pass: %.0f ms against %.0f ms; "
-                        "no %s units), so this run trains in fp32; train.precision_fallback=false keeps %s",
+            log.warning("train.mixed_precision=%s is slower than fp32 on this %s (a training pass: %.0f ms against %.0f ms: "
+                        "no fast %s kernels here), so this run trains in fp32; train.precision_fallback=false keeps %s",
                         requested, state.device.type.upper() if state.device.type == "cpu" else state.device,
                         precision.timings_ms[requested], precision.timings_ms["fp32"], requested, requested)
         return precision
@@ -298,14 +304,10 @@ class Trainer:
         dtype, and how instance norms run (gan_style.engine.kernels).
         The main process measures and every process uses its choice (DDP replicas must agree)."""
         dtype = STEP_DTYPES.get(self.precision.mixed_precision, torch.float32)
-        choice = [choose_kernels(self.device, dtype, *self._kernel_settings()) if self.accelerator.is_main_process else None]
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(choice)
+        choice = _measured_on_main(self.accelerator, lambda: choose_kernels(self.device, dtype, *self._kernel_settings()))
         log.info("kernels for %s steps on %s: %s", self.precision.mixed_precision if dtype != torch.float32 else "fp32",
-                 self.device, choice[0].describe())
-        return choice[0]
+                 self.device, choice.describe())
+        return choice
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self, dataset: torch.utils.data.Dataset, epoch: int, skip: int) -> Iterator[Any]:
