@@ -254,7 +254,7 @@ def choose_precision(device: torch.device | str, requested: str, channels_last: 
     ``family`` in the fastest kernels for that dtype (:func:`choose_kernels`, with the layout and
     Winograd settings the run will use, so the run's own choice reuses these measurements) is
     slower than in the fastest fp32 ones. Without bf16 units (an AVX2-only CPU) PyTorch emulates
-    bf16 arithmetic: its convolutions are several times slower than fp32 ones (10x on a 2-core
+    bf16 arithmetic: its convolutions are several times slower than fp32 ones (9-11x on a 2-core
     AMD EPYC with oneDNN held to AVX2), so a first round of one layout settles that case before
     the other candidates take a minute to time."""
     if requested not in STEP_DTYPES:
