@@ -238,7 +238,7 @@ def test_bf16_measured_slower_than_fp32_trains_in_fp32_with_a_warning(bf16_ms, f
         return {name: bf16_ms if name == "bf16" else 10.0 for name in probes}
 
     def full_choice(device_type, device_index, dtype, threads, layout, family, winograd):
-        return kernels.KernelChoice(False, "native", {}, "direct", probe_ms=bf16_ms if dtype == torch.bfloat16 else 10.0)
+        return kernels.KernelChoice(False, "native", {"nchw/native": bf16_ms if dtype == torch.bfloat16 else 10.0}, "direct")
 
     monkeypatch.setattr(kernels, "_median_ms", first_round)
     monkeypatch.setattr(kernels, "_choose", full_choice)

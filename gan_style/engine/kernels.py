@@ -69,7 +69,11 @@ class KernelChoice:
     norm_kernel: str  # see gan_style.nn.layers.InstanceNorm2d.kernel
     timings_ms: dict[str, float] = field(default_factory=dict)
     conv_kernel: str = "direct"  # see gan_style.nn.layers.Conv2d.kernel
-    probe_ms: float = 0.0  # the family probe's training pass in the chosen layout and norm kernel
+
+    @property
+    def probe_ms(self) -> float:
+        """The family probe's training pass in the chosen layout and norm kernel."""
+        return self.timings_ms[_candidate_name(self.channels_last, self.norm_kernel)]
 
     def describe(self) -> str:
         layout = "channels-last" if self.channels_last else "contiguous (NCHW)"
@@ -141,11 +145,11 @@ def _training_pass(build: Callable[[], nn.Module], shape: tuple[int, int, int, i
     return step
 
 
-def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str,
-           shape: tuple[int, int, int, int], family: str) -> Callable[[], None]:
+def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str, family: str) -> Callable[[], None]:
     """A training pass through a small network of the method's family (``PROBES``), whose mix of
     widths and resolutions decides the layout (a single bottleneck layer did not: it picked NCHW
     for bf16 steps that ran 8-10 % faster channels-last)."""
+    shape = _probe_shape(device, family)
     return _training_pass(lambda: PROBES[family](shape[1]), shape, device, dtype, channels_last, norm_kernel, "direct")
 
 
@@ -186,7 +190,6 @@ def _probe_shape(device: torch.device, family: str) -> tuple[int, int, int, int]
 def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, threads: int, layout: bool | None, family: str,
             winograd: bool | None) -> KernelChoice:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    shape = _probe_shape(device, family)
     low_precision = dtype in (torch.bfloat16, torch.float16)
     layouts = (False, True) if layout is None else (layout,)
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
@@ -195,7 +198,7 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # bf16: 8-11 vs 36.6 ms), which the probe had not told apart (whole CUT bf16 steps: 0.55 vs 0.61 s).
     channels_last_kernels = ("native", "batchnorm", "reductions", "contiguous") if device.type == "cuda" else ("batchnorm",)
     candidates = [(cl, kernel) for cl in layouts for kernel in (channels_last_kernels if cl else nchw_kernels)]
-    timings = _median_ms({_candidate_name(*c): _probe(device, dtype, *c, shape, family) for c in candidates}, device)
+    timings = _median_ms({_candidate_name(*c): _probe(device, dtype, *c, family) for c in candidates}, device)
     best_time = min(timings.values())
     # ties: in bf16/fp16 channels-last first (whole bf16 steps of every method ran 10-40 % faster
     # channels-last on the AVX-512 Xeon, more than the probe shows), in fp32 NCHW; then the
@@ -216,8 +219,7 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
             timings.update(conv_timings)
             if conv_timings["winograd 3x3 convolutions"] < conv_timings["direct 3x3 convolutions"] / 1.03:
                 conv_kernel = "winograd"
-    probe_ms = round(timings[_candidate_name(channels_last, norm_kernel)], 2)
-    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel, probe_ms)
+    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel)
 
 
 def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet",
@@ -262,7 +264,7 @@ def choose_precision(device: torch.device | str, requested: str, channels_last: 
     device, dtype = torch.device(device), STEP_DTYPES[requested]
     layout = True if channels_last is None else channels_last
     norm_kernel = "batchnorm" if layout and device.type == "cpu" else "native"
-    screen = _median_ms({name: _probe(device, probe_dtype, layout, norm_kernel, _probe_shape(device, family), family)
+    screen = _median_ms({name: _probe(device, probe_dtype, layout, norm_kernel, family)
                          for name, probe_dtype in ((requested, dtype), ("fp32", torch.float32))}, device, rounds=2)
     if screen[requested] > 1.5 * screen["fp32"]:
         return PrecisionChoice("no", requested, {k: round(v, 2) for k, v in screen.items()})
