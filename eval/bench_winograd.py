@@ -1,12 +1,15 @@
-"""Winograd against PyTorch's direct convolution, one 3x3 layer at a time (fp32, forward + backward).
+"""Winograd against PyTorch's direct convolution, one 3x3 or 4x4 layer at a time (fp32, forward + backward).
 
-    python eval/bench_winograd.py [--shapes 1x256x256x32 1x64x128x128 ...] [--layout cl|nchw]
+    python eval/bench_winograd.py [--shapes 1x256x256x32 1x64x128x128 2x128x256x32x4 ...] [--layout cl|nchw]
 
-A shape is NxC_INxC_OUTxSIDE (zero padding 1, stride 1, with bias). Prints the median milliseconds
-of a forward and backward pass (input, weight and bias gradients) by the direct convolution and
-by F(4x4, 3x3) and F(2x2, 3x3) (gan_style.nn.winograd), the time ratio, and each one's largest
-error relative to the largest float64 value (output and gradients). The defaults are the
-residual-block, down- and up-sampling layers of the ResNet generators at 128 px.
+A shape is NxC_INxC_OUTxSIDE[xKERNEL] (kernel side 3 unless given; zero padding 1, stride 1, with
+bias). Prints the median milliseconds of a forward and backward pass (input, weight and bias
+gradients) by the direct convolution and by each Winograd form for the kernel
+(gan_style.nn.winograd: F(4x4, 3x3) and F(2x2, 3x3); F(3x3, 4x4)), the time ratio of the default
+form, and each one's largest error relative to the largest float64 value (output and gradients).
+The defaults are the residual-block, down- and up-sampling layers of the ResNet generators at 128
+px, then the stride-1 4x4 layers of CUT's antialiased discriminator at 128 px (batch 2 in its
+step, 1 in the generator's).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gan_style.nn.winograd import winograd_conv3x3
+from gan_style.nn.winograd import OUTPUT_TILES, winograd_conv2d
 
-DEFAULT_SHAPES = ("1x256x256x32", "2x256x256x32", "1x256x256x64", "1x128x256x64", "1x256x128x64", "1x64x128x128", "1x128x64x128")
+DEFAULT_SHAPES = ("1x256x256x32", "2x256x256x32", "1x256x256x64", "1x128x256x64", "1x256x128x64", "1x64x128x128", "1x128x64x128",
+                  "2x64x128x64x4", "2x128x256x32x4", "2x256x512x16x4", "1x256x512x16x4")
 
 
 def median_ms(fn, repeats: int = 15) -> float:
@@ -34,18 +38,20 @@ def median_ms(fn, repeats: int = 15) -> float:
 
 
 def time_layer(shape: str, memory_format: torch.memory_format, generator: torch.Generator) -> str:
-    n, c_in, c_out, side = (int(v) for v in shape.split("x"))
+    n, c_in, c_out, side, kernel = (int(v) for v in (shape + "x3").split("x")[:5])
     x = torch.randn(n, c_in, side, side, generator=generator).contiguous(memory_format=memory_format).requires_grad_()
-    weight = (torch.randn(c_out, c_in, 3, 3, generator=generator) / (9 * c_in) ** 0.5).contiguous(memory_format=memory_format).requires_grad_()
+    weight = (torch.randn(c_out, c_in, kernel, kernel, generator=generator) / (kernel * kernel * c_in) ** 0.5)
+    weight = weight.contiguous(memory_format=memory_format).requires_grad_()
     bias = torch.randn(c_out, generator=generator).requires_grad_()
-    grad = torch.randn(n, c_out, side, side, generator=generator).contiguous(memory_format=memory_format)
+    out_side = side + 2 - kernel + 1
+    grad = torch.randn(n, c_out, out_side, out_side, generator=generator).contiguous(memory_format=memory_format)
     leaves64 = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
     reference = F.conv2d(*leaves64, padding=1)
     references = [reference, *torch.autograd.grad(reference, leaves64, grad.double())]
-    convolutions = {"direct": lambda: F.conv2d(x, weight, bias, padding=1),
-                    "F(4x4)": lambda: winograd_conv3x3(x, weight, bias, 1, 4),
-                    "F(2x2)": lambda: winograd_conv3x3(x, weight, bias, 1, 2)}
-    line = f"{shape:>14}:"
+    convolutions = {"direct": lambda: F.conv2d(x, weight, bias, padding=1)}
+    for tile in OUTPUT_TILES[kernel]:
+        convolutions[f"F({tile}x{tile})"] = lambda tile=tile: winograd_conv2d(x, weight, bias, 1, tile)
+    line = f"{shape:>16}:"
     timings = {}
     for name, conv in convolutions.items():
         def step(conv=conv):
@@ -54,7 +60,8 @@ def time_layer(shape: str, memory_format: torch.memory_format, generator: torch.
         error = max(((o.double() - r).abs().max() / r.abs().max()).item() for o, r in zip(step(), references, strict=True))
         timings[name] = median_ms(step)
         line += f"  {name} {timings[name]:7.2f} ({error:.0e})"
-    return line + f"  F(4x4)/direct {timings['F(4x4)'] / timings['direct']:.2f}"
+    default = f"F({OUTPUT_TILES[kernel][0]}x{OUTPUT_TILES[kernel][0]})"
+    return line + f"  {default}/direct {timings[default] / timings['direct']:.2f}"
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from gan_style.losses.adversarial import gan_loss
 from gan_style.nn.antialias import Downsample
-from gan_style.nn.layers import conv_bias_for, init_weights, norm_layer
+from gan_style.nn.layers import Conv2d, conv_bias_for, init_weights, norm_layer
 from gan_style.nn.munit_networks import Conv2dBlock
 
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
@@ -23,7 +23,8 @@ class NLayerDiscriminator(nn.Module):
     first without normalisation), a stride-1 conv, and a 1-channel stride-1 conv. LeakyReLU 0.2.
 
     With ``antialias`` (CUT) every stride-2 conv becomes a stride-1 conv followed by blurred
-    down-sampling.
+    down-sampling. The convolutions are :class:`~gan_style.nn.layers.Conv2d` (``nn.Conv2d``'s
+    parameters): the stride-1 ones can run as Winograd's F(3x3, 4x4) in fp32 steps.
     """
 
     def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance", antialias: bool = False):
@@ -32,7 +33,7 @@ class NLayerDiscriminator(nn.Module):
 
         def down(in_ch: int, out_ch: int, with_bias: bool, normalise: bool) -> list[nn.Module]:
             stride = 1 if antialias else 2
-            layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 4, stride=stride, padding=1, bias=with_bias)]
+            layers: list[nn.Module] = [Conv2d(in_ch, out_ch, 4, stride=stride, padding=1, bias=with_bias)]
             if normalise:
                 layers.append(norm_layer(norm, out_ch))
             layers.append(nn.LeakyReLU(0.2, True))
@@ -47,10 +48,10 @@ class NLayerDiscriminator(nn.Module):
             layers += down(ndf * prev, ndf * mult, bias, True)
         prev, mult = mult, min(2**n_layers, 8)
         layers += [
-            nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1, bias=bias),
+            Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1, bias=bias),
             norm_layer(norm, ndf * mult),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1),
+            Conv2d(ndf * mult, 1, 4, stride=1, padding=1),
         ]
         self.model = nn.Sequential(*layers)
 

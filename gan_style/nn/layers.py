@@ -54,14 +54,15 @@ class ReplicationPad2d(_PadsInItsInputDtype, nn.ReplicationPad2d):
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict keys) whose stride-1 3x3 form can run as a
+    """``nn.Conv2d`` (same parameters and state-dict keys) whose stride-1 3x3 and 4x4 forms can run as a
     Winograd convolution (``gan_style.nn.winograd``) in fp32 steps.
 
     ``kernel`` is set by the trainer from a measurement (gan_style.engine.kernels): "direct"
     (PyTorch's convolution; the default, so networks built outside a trainer, as
     ``gan_style.load`` builds them for inference, run directly) or
-    "winograd": F(4x4, 3x3) for an fp32 input outside autocast, when both widths are at least
-    ``WINOGRAD_MIN_CHANNELS`` (narrower layers on large maps move more data than they save in
+    "winograd": F(4x4, 3x3), or F(3x3, 4x4) for the PatchGAN discriminators' 4x4 kernels, for an
+    fp32 input outside autocast, when both widths are at least
+    ``WINOGRAD_MIN_CHANNELS[side]`` (narrower layers on large maps move more data than they save in
     multiplications), with zero or no padding; every other case runs directly.
     """
 
@@ -69,23 +70,26 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kernel == "winograd" and self._winograd_applies(x):
-            from gan_style.nn.winograd import winograd_conv3x3  # it uses this module's layout helpers
+            from gan_style.nn.winograd import winograd_conv2d  # it uses this module's layout helpers
 
-            return winograd_conv3x3(x, self.weight, self.bias, self.padding[0])
+            return winograd_conv2d(x, self.weight, self.bias, self.padding[0])
         return super().forward(x)
 
     def _winograd_applies(self, x: Tensor) -> bool:
-        return (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+        return (self.kernel_size in ((3, 3), (4, 4)) and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
                 and self.padding_mode == "zeros" and self.padding in ((0, 0), (1, 1))
-                and min(self.in_channels, self.out_channels) >= WINOGRAD_MIN_CHANNELS
+                and min(self.in_channels, self.out_channels) >= WINOGRAD_MIN_CHANNELS[self.kernel_size[0]]
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not autocast_on(x))
 
 
-#: the narrowest layer :class:`Conv2d` runs by Winograd. Forward + backward time against the
-#: direct convolution (AVX-512 Xeon, fp32, batch 1, 2 threads): 256 channels at 32x32 0.72, at
-#: 64x64 0.61; 128->256 at 64x64 0.60, 256->128 0.83. Narrow layers on large maps move more data
-#: than they save: 64->128 at 128x128 0.97, 128->64 1.33.
-WINOGRAD_MIN_CHANNELS = 128
+#: the narrowest layer :class:`Conv2d` runs by Winograd, per kernel side. Forward + backward time
+#: against the direct convolution (AVX-512 Xeon, fp32, batch 1, 2 threads): 3x3, 256 channels at
+#: 32x32 0.72, at 64x64 0.61; 128->256 at 64x64 0.60, 256->128 0.83. Narrow layers on large maps
+#: move more data than they save: 64->128 at 128x128 0.97, 128->64 1.33. 4x4 (F(3x3, 4x4), the
+#: PatchGAN discriminators at 128 px, AMD EPYC): 64->128 at 64x64 0.76 (batch 2: 0.82), 128->256
+#: at 32x32 0.73 (0.67), 256->512 at 16x16 0.97 (0.73); its first layer (3 channels in) and last
+#: (1 out) stay direct.
+WINOGRAD_MIN_CHANNELS = {3: 128, 4: 64}
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):

@@ -1,29 +1,33 @@
-"""Winograd convolution F(m x m, 3 x 3) for the stride-1 3x3 convolutions of fp32 training steps.
+"""Winograd convolution F(m x m, r x r) for the stride-1 3x3 and 4x4 convolutions of fp32 training steps.
 
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016): an m x m output
-tile of a 3x3 convolution is ``A^T [(G g G^T) * (B^T d B)] A`` for the (m+2) x (m+2) input tile
-``d`` and the kernel ``g``. Over all tiles and channels the elementwise product becomes
-(m+2)^2 independent matrix products (tiles x C_in) @ (C_in x C_out): 36 multiplications for 16
-outputs with F(4x4, 3x3) instead of 144, so 4x fewer FLOPs than the direct convolution, and the
-backward (input and weight gradients) is the same products transposed.
+tile of an r x r convolution is ``A^T [(G g G^T) * (B^T d B)] A`` for the (m+r-1) x (m+r-1)
+input tile ``d`` and the kernel ``g``. Over all tiles and channels the elementwise product
+becomes (m+r-1)^2 independent matrix products (tiles x C_in) @ (C_in x C_out), and the backward
+(input and weight gradients) is the same products transposed. Both forms used here have 6x6
+tiles, so 36 multiplications per output tile: F(4x4, 3x3), 16 outputs, instead of 144, and
+F(3x3, 4x4), 9 outputs, instead of 144: 4x fewer FLOPs than the direct convolution either way.
 
 Why: in fp32 the direct convolutions of a CycleGAN step already run at the machine's matmul
 peak (README, "Speed"), so fewer FLOPs is the only way left to a faster fp32 step; its 256-channel
 residual blocks hold ~87 % of them. Forward and backward of a 256-channel 32x32 layer take
-6.8 ms instead of 12.5 (AVX-512 Xeon, 2 threads).
+6.8 ms instead of 12.5 (AVX-512 Xeon, 2 threads). The 4x4 form is for the PatchGAN
+discriminators' stride-1 layers, all of CUT's antialiased discriminator (its stride-2 layers are
+stride-1 convolutions followed by a blur): ~15 % of a FastCUT step.
 
 Numerics: with the interpolation points chosen below, F(4x4, 3x3)'s error is ~3e-6 of the
 output's largest value, about the direct convolution's ~2e-6 (``tests/test_winograd.py`` bounds
 both the forward and the gradients); TF32, which the CycleGAN/CUT references use for their
 convolutions on Ampere GPUs by default (next to cuDNN's own Winograd kernels, picked by
 ``cudnn.benchmark``), is ~1e-3. F(2x2, 3x3) (``output_tile=2``) does 2.25x fewer multiplications
-than the direct convolution, and was slower here. The trainer uses F(4x4, 3x3) where measured
+than the direct convolution, and was slower here. The trainer uses Winograd where measured
 faster (``train.winograd``).
 
 The tiles are gathered and the transforms applied as matrix products over flattened tiles
 (Kronecker products of the 1-D transforms), so every step is one large PyTorch op; the weight
 transform is recomputed in the backward instead of kept (it is 4x the weight: ~1 GB over a
-CycleGAN step's graph).
+CycleGAN step's graph). A gradient penalty through the layer (``create_graph``) gets the direct
+convolution's backward, which can be differentiated again.
 """
 
 from __future__ import annotations
@@ -33,50 +37,77 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from gan_style.nn.layers import is_channels_last
 
 # 1-D transforms (B^T, G, A^T), Toom-Cook with infinity among the points (Lavin & Gray, section
-# 4). F(2, 3): the points 0, 1, -1. F(4, 3): 0, 1, -1, 1/2, -2 rather than Lavin & Gray's 0, +-1,
-# +-2: the error falls from ~7e-6 to ~2.6e-6 of the output's largest value, about the direct
-# convolution's (Barabasz et al., "Error Analysis and Improving the Accuracy of Winograd
-# Convolution for Deep Neural Networks", 2020, choose points the same way). Column 1 of A^T (the
-# point 1) is all ones in both, which the bias relies on.
+# 4), keyed by (m, r). F(2, 3): the points 0, 1, -1. F(4, 3) and F(3, 4): 0, 1, -1, 1/2, -2 rather
+# than Lavin & Gray's 0, +-1, +-2: the error falls from ~7e-6 to ~2.6e-6 of the output's largest
+# value, about the direct convolution's (Barabasz et al., "Error Analysis and Improving the
+# Accuracy of Winograd Convolution for Deep Neural Networks", 2020, choose points the same way).
+# With the same six points B^T is the same for both; G's rows are (1, p, p^2, ...) scaled as B^T
+# needs, A^T's columns (1, p, p^2, ...), and infinity gives the highest power of each (checked
+# exactly by tests/test_winograd.py). Column 1 of A^T (the point 1) is all ones in every form,
+# which the bias relies on.
+_POINTS_6 = (0, 1, -1, 1 / 2, -2)
+_G_SCALES_6 = (1, 1 / 3, -1 / 3, -16 / 15, 1 / 15)
+_INPUT_T_6 = [[1, -3 / 2, -2, 3 / 2, 1, 0], [0, -1, 1 / 2, 5 / 2, 1, 0], [0, 1, -5 / 2, 1 / 2, 1, 0], [0, -2, -1, 2, 1, 0],
+              [0, 1 / 2, -1, -1 / 2, 1, 0], [0, 1, -3 / 2, -2, 3 / 2, 1]]
+
+
+def _six_point_transforms(m: int, r: int) -> tuple[list[list[float]], ...]:
+    kernel_t = [[scale * p**j for j in range(r)] for p, scale in zip(_POINTS_6, _G_SCALES_6)] + [[0] * (r - 1) + [1]]
+    output_t = [[p**k for p in _POINTS_6] + [1 if k == m - 1 else 0] for k in range(m)]
+    return _INPUT_T_6, kernel_t, output_t
+
+
 _TRANSFORMS = {
-    2: (
+    (2, 3): (
         [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
         [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
         [[1, 1, 1, 0], [0, 1, -1, -1]],
     ),
-    4: (
-        [[1, -3 / 2, -2, 3 / 2, 1, 0], [0, -1, 1 / 2, 5 / 2, 1, 0], [0, 1, -5 / 2, 1 / 2, 1, 0], [0, -2, -1, 2, 1, 0],
-         [0, 1 / 2, -1, -1 / 2, 1, 0], [0, 1, -3 / 2, -2, 3 / 2, 1]],
-        [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, -1 / 3], [-16 / 15, -8 / 15, -4 / 15], [1 / 15, -2 / 15, 4 / 15], [0, 0, 1]],
-        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 1 / 2, -2, 0], [0, 1, 1, 1 / 4, 4, 0], [0, 1, -1, 1 / 8, -8, 1]],
-    ),
+    (4, 3): _six_point_transforms(4, 3),
+    (3, 4): _six_point_transforms(3, 4),
 }
-OUTPUT_TILES = tuple(_TRANSFORMS)
+#: the output tiles offered per kernel side; the first is the default
+OUTPUT_TILES = {3: (4, 2), 4: (3,)}
 
 
 @functools.cache
-def _transforms_2d(m: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """B^T (x) B^T, G (x) G, A^T (x) A^T: the 2-D transforms acting on row-major flattened tiles."""
-    input_t, kernel_t, output_t = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[m])
-    return tuple(torch.kron(t, t).float().to(device) for t in (input_t, kernel_t, output_t))
+def _transforms_2d(m: int, r: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """B^T (x) B^T, G (x) G, A^T (x) A^T of F(m, r): the 2-D transforms acting on row-major flattened tiles."""
+    input_t, kernel_t, output_t = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[m, r])
+    return tuple(torch.kron(t, t).to(device, dtype) for t in (input_t, kernel_t, output_t))
 
 
 def _kernel_transform(weight: Tensor, kernel_t: Tensor) -> Tensor:
-    """U = G g G^T per (C_out, C_in) pair, as (a², C_out, C_in): for a channels-last weight,
-    (K, 3, 3, C) in memory, gathering it as (3, 3, K, C) copies runs of C values."""
-    c_out, c_in = weight.shape[:2]
-    return (kernel_t @ weight.permute(2, 3, 0, 1).reshape(9, c_out * c_in)).view(-1, c_out, c_in)
+    """U = G g G^T per (C_out, C_in) pair, as an (a², C_out, C_in) view of a (C_out, a², C_in)
+    tensor: one (a², r²) @ (r², C_in) product per output channel reads a channels-last weight,
+    (K, r, r, C) in memory, in place, and writes U in the order the products below read it without
+    a copy (half the time of one (a², 9) @ (9, K C) product over a permuted weight, whose output
+    MKL first zeroes: 0.37 against 0.67 ms for 256 channels)."""
+    c_out, c_in, r = weight.shape[:3]
+    return torch.matmul(kernel_t, weight.permute(0, 2, 3, 1).reshape(c_out, r * r, c_in)).transpose(0, 1)
+
+
+def _kernel_gradient(grad_kernel: Tensor, kernel_t: Tensor, out: Tensor) -> Tensor:
+    """The adjoint of :func:`_kernel_transform`: G^T (dL/dU) G from (a², C_out, C_in) into ``out``,
+    a (C_out, C_in, r, r) weight gradient, again one product per output channel; a channels-last
+    ``out`` is written in place, in its own memory order."""
+    c_out, c_in, r = out.shape[:3]
+    batched_t = kernel_t.t().expand(c_out, r * r, kernel_t.shape[0])
+    if is_channels_last(out):
+        torch.bmm(batched_t, grad_kernel.transpose(0, 1), out=out.permute(0, 2, 3, 1).view(c_out, r * r, c_in))
+    else:
+        out.copy_(torch.bmm(batched_t, grad_kernel.transpose(0, 1)).view(c_out, r, r, c_in).permute(0, 3, 1, 2))
+    return out
 
 
 def _input_transform(padded: Tensor, m: int, input_t: Tensor) -> Tensor:
-    """V = B^T d B for every (m+2)-tile d of ``padded`` at stride m, as (a², N th tw, C_in): the
-    tiles gathered (a, a, N, th, tw, C_in) in one copy, then one matrix product."""
-    a = m + 2
+    """V = B^T d B for every a-tile d of ``padded`` at stride m, as (a², N th tw, C_in): the tiles
+    gathered (a, a, N, th, tw, C_in) in one copy, then one matrix product."""
+    a = int(input_t.shape[0] ** 0.5)
     n, c_in = padded.shape[:2]
     tiles = padded.unfold(2, a, m).unfold(3, a, m).permute(4, 5, 0, 2, 3, 1)
     th, tw = tiles.shape[3:5]
@@ -84,7 +115,7 @@ def _input_transform(padded: Tensor, m: int, input_t: Tensor) -> Tensor:
 
 
 def _overlap_add(tiles: Tensor, m: int, channels_last: bool) -> Tensor:
-    """The adjoint of gathering overlapping (m+2)-tiles at stride m: ``tiles`` (a, a, N, th, tw,
+    """The adjoint of gathering overlapping a-tiles at stride m (a - m <= m): ``tiles`` (a, a, N, th, tw,
     C) summed into the padded input's gradient (N, C, th*m+2, tw*m+2) in the wanted layout."""
     a, _, n, th, tw, c = tiles.shape
     halo = a - m
@@ -101,7 +132,7 @@ def _overlap_add(tiles: Tensor, m: int, channels_last: bool) -> Tensor:
         def at(*spatial: slice) -> tuple[slice, ...]:
             return (slice(None), slice(None), *spatial)
     every = slice(None)
-    # a tile's first m rows (cols) are its own; its last two overlap the next tile's first two
+    # a tile's first m rows (cols) are its own; its last a - m overlap the next tile's first a - m
     own, overlap = (slice(None, m), (slice(None, th), every)), (slice(m, None), (slice(1, None), slice(None, halo)))
     own_cols, overlap_cols = (slice(None, m), (slice(None, tw), every)), (slice(m, None), (slice(1, None), slice(None, halo)))
     for rows_in, (tile_rows, rows_out) in (own, overlap):
@@ -113,16 +144,17 @@ def _overlap_add(tiles: Tensor, m: int, channels_last: bool) -> Tensor:
     return out.view(n, c, (th + 1) * m, (tw + 1) * m)[:, :, : th * m + halo, : tw * m + halo]
 
 
-class _WinogradConv3x3(torch.autograd.Function):
-    """3x3 convolution, stride 1, of an already padded input whose output sides are multiples of m."""
+class _WinogradConv(torch.autograd.Function):
+    """r x r convolution, stride 1, of an already padded input whose output sides are multiples of m."""
 
     @staticmethod
     def forward(ctx, padded: Tensor, weight: Tensor, bias: Tensor | None, m: int) -> Tensor:
-        input_t, kernel_t, output_t = _transforms_2d(m, padded.device)
-        a = m + 2
+        r = weight.shape[2]
+        input_t, kernel_t, output_t = _transforms_2d(m, r, padded.device, padded.dtype)
+        a = m + r - 1
         n, c_in, height, width = padded.shape
         c_out = weight.shape[0]
-        th, tw = (height - 2) // m, (width - 2) // m
+        th, tw = (height - r + 1) // m, (width - r + 1) // m
         channels_last = is_channels_last(padded)
         # the output first, before the temporaries: a long-lived tensor allocated into the hole
         # they leave would fragment the C heap (peak RSS of a CycleGAN step +10-15 %)
@@ -145,12 +177,14 @@ class _WinogradConv3x3(torch.autograd.Function):
         return result
 
     @staticmethod
-    @once_differentiable  # a double backward (a gradient penalty through this layer) is not supported
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         padded, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph (a gradient penalty): a backward autograd can differentiate
+            return (*_direct_backward(padded, weight, grad_out, ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2]), None)
         m, (th, tw) = ctx.m, ctx.tiles
-        a = m + 2
-        input_t, kernel_t, output_t = _transforms_2d(m, grad_out.device)
+        r = weight.shape[2]
+        a = m + r - 1
+        input_t, kernel_t, output_t = _transforms_2d(m, r, grad_out.device, grad_out.dtype)
         n, c_out = grad_out.shape[:2]
         c_in = weight.shape[1]
         if ctx.channels_last:
@@ -167,7 +201,7 @@ class _WinogradConv3x3(torch.autograd.Function):
             grad_bias = grad_products[a + 1].sum(0)
         if ctx.needs_input_grad[1]:
             grad_kernel = torch.bmm(grad_products.transpose(1, 2), _input_transform(padded, m, input_t))  # (a², C_out, C_in)
-            grad_weight.copy_((kernel_t.t() @ grad_kernel.view(a * a, -1)).view(3, 3, c_out, c_in).permute(2, 3, 0, 1))
+            _kernel_gradient(grad_kernel, kernel_t, out=grad_weight)
             del grad_kernel
         if ctx.needs_input_grad[0]:
             grad_transformed = torch.bmm(grad_products, _kernel_transform(weight, kernel_t))
@@ -178,20 +212,29 @@ class _WinogradConv3x3(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
-def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int = 0, output_tile: int = 4) -> Tensor:
-    """``F.conv2d(x, weight, bias, stride=1, padding=padding)`` for a 3x3 ``weight``, by Winograd's
-    F(m x m, 3 x 3) with m = ``output_tile`` (2 or 4); any input size (the output is computed over
-    whole tiles and cropped). Channels-last inputs give channels-last outputs."""
-    if weight.shape[2:] != (3, 3):
-        raise ValueError(f"winograd_conv3x3 needs a 3x3 kernel, got {tuple(weight.shape[2:])}")
-    if output_tile not in OUTPUT_TILES:
-        raise ValueError(f"output_tile must be one of {OUTPUT_TILES}, got {output_tile}")
-    m = output_tile
-    height, width = x.shape[2] + 2 * padding - 2, x.shape[3] + 2 * padding - 2
+def _direct_backward(padded: Tensor, weight: Tensor, grad_out: Tensor, needs: tuple[bool, bool], bias_needed: bool) -> tuple[Tensor | None, ...]:
+    """The convolution's gradients by PyTorch's direct convolutions, differentiable again."""
+    grad_input = torch.nn.grad.conv2d_input(padded.shape, weight, grad_out) if needs[0] else None
+    grad_weight = torch.nn.grad.conv2d_weight(padded, weight.shape, grad_out) if needs[1] else None
+    return grad_input, grad_weight, grad_out.sum((0, 2, 3)) if bias_needed else None
+
+
+def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int = 0, output_tile: int | None = None) -> Tensor:
+    """``F.conv2d(x, weight, bias, stride=1, padding=padding)`` for a 3x3 or 4x4 ``weight`` by
+    Winograd's F(m x m, r x r), m = ``output_tile`` (3x3: 4, the default, or 2; 4x4: 3); any input
+    size (the output is computed over whole tiles and cropped). Channels-last inputs give
+    channels-last outputs."""
+    r = weight.shape[2]
+    if weight.shape[2:] not in ((3, 3), (4, 4)):
+        raise ValueError(f"winograd_conv2d needs a 3x3 or 4x4 kernel, got {tuple(weight.shape[2:])}")
+    m = output_tile or OUTPUT_TILES[r][0]
+    if m not in OUTPUT_TILES[r]:
+        raise ValueError(f"output_tile for a {r}x{r} kernel must be one of {OUTPUT_TILES[r]}, got {output_tile}")
+    height, width = x.shape[2] + 2 * padding - r + 1, x.shape[3] + 2 * padding - r + 1
     extra_h, extra_w = -height % m, -width % m
     if padding or extra_h or extra_w:  # the zero padding, and whole tiles past the bottom/right edges
         x = F.pad(x, (padding, padding + extra_w, padding, padding + extra_h))
-    out = _WinogradConv3x3.apply(x, weight, bias, m)
+    out = _WinogradConv.apply(x, weight, bias, m)
     if extra_h or extra_w:
         out = out[:, :, :height, :width]
     return out
