@@ -19,7 +19,7 @@ TOLERANCE = {(2, 3): 3e-6, (4, 3): 1e-5, (3, 4): 1e-5}
 @pytest.mark.parametrize(("m", "r"), list(_TRANSFORMS))
 def test_the_one_dimensional_transforms_compute_a_correlation(m, r):
     """A^T [(G g) * (B^T d)] = (sum_j g_j d_(k+j))_k for every input tile d and kernel g."""
-    input_t, kernel_t, output_t = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[m, r])
+    input_t, kernel_t, output_t = (torch.tensor([[float(v) for v in row] for row in t], dtype=torch.float64) for t in _TRANSFORMS[m, r])
     assert input_t.shape == (m + r - 1, m + r - 1) and kernel_t.shape == (m + r - 1, r) and output_t.shape == (m, m + r - 1)
     # the bilinear form's coefficients: output k, kernel tap j, input l
     coefficients = torch.einsum("ki,ij,il->kjl", output_t, kernel_t, input_t)
@@ -64,7 +64,7 @@ def test_winograd_equals_the_direct_convolution_forward_and_backward(output_tile
 
 
 def test_winograd_rejects_what_it_cannot_compute():
-    with pytest.raises(ValueError, match="3x3 or 4x4"):
+    with pytest.raises(ValueError, match="square kernel of side 3 or 4"):
         winograd_conv2d(torch.zeros(1, 2, 8, 8), torch.zeros(2, 2, 5, 5))
     with pytest.raises(ValueError, match="output_tile"):
         winograd_conv2d(torch.zeros(1, 2, 8, 8), torch.zeros(2, 2, 3, 3), output_tile=3)

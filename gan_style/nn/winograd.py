@@ -33,6 +33,8 @@ convolution's backward, which can be differentiated again.
 from __future__ import annotations
 
 import functools
+import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -40,36 +42,39 @@ from torch import Tensor
 
 from gan_style.nn.layers import is_channels_last
 
-# 1-D transforms (B^T, G, A^T), Toom-Cook with infinity among the points (Lavin & Gray, section
-# 4), keyed by (m, r). F(2, 3): the points 0, 1, -1. F(4, 3) and F(3, 4): 0, 1, -1, 1/2, -2 rather
-# than Lavin & Gray's 0, +-1, +-2: the error falls from ~7e-6 to ~2.6e-6 of the output's largest
-# value, about the direct convolution's (Barabasz et al., "Error Analysis and Improving the
-# Accuracy of Winograd Convolution for Deep Neural Networks", 2020, choose points the same way).
-# With the same six points B^T is the same for both; G's rows are (1, p, p^2, ...) scaled as B^T
-# needs, A^T's columns (1, p, p^2, ...), and infinity gives the highest power of each (checked
-# exactly by tests/test_winograd.py). Column 1 of A^T (the point 1) is all ones in every form,
-# which the bias relies on.
-_POINTS_6 = (0, 1, -1, 1 / 2, -2)
-_G_SCALES_6 = (1, 1 / 3, -1 / 3, -16 / 15, 1 / 15)
-_INPUT_T_6 = [[1, -3 / 2, -2, 3 / 2, 1, 0], [0, -1, 1 / 2, 5 / 2, 1, 0], [0, 1, -5 / 2, 1 / 2, 1, 0], [0, -2, -1, 2, 1, 0],
-              [0, 1 / 2, -1, -1 / 2, 1, 0], [0, 1, -3 / 2, -2, 3 / 2, 1]]
+
+def _toom_cook(m: int, r: int, points: tuple[Fraction, ...]) -> tuple[list[list[Fraction]], ...]:
+    """The 1-D transforms (B^T, G, A^T) of F(m, r) from m + r - 2 finite interpolation points and
+    infinity (Lavin & Gray, section 4; Toom-Cook), exactly: A^T evaluates the output polynomial,
+    column (1, p, ..., p^(m-1)) per point; G the kernel polynomial, row (1, p, ..., p^(r-1)) over
+    the product of (p - q) for the other points q; B^T holds the Lagrange numerators, the
+    coefficients of the product of (x - q) for the other points q, and for infinity of all of
+    them. Infinity contributes the highest coefficient of each. Column 1 of A^T is all ones where
+    the point 1 comes second, which the bias relies on."""
+    a = m + r - 1
+    assert len(points) == a - 1
+
+    def coefficients(roots: list[Fraction]) -> list[Fraction]:  # of prod (x - root), lowest first, padded to a
+        poly = [Fraction(1)]
+        for root in roots:
+            poly = [(poly[i - 1] if i else 0) - root * (poly[i] if i < len(poly) else 0) for i in range(len(poly) + 1)]
+        return poly + [Fraction(0)] * (a - len(poly))
+
+    others = [[q for q in points if q != p] for p in points]
+    input_t = [coefficients(rest) for rest in others] + [coefficients(list(points))]
+    kernel_t = [[p**j / math.prod(p - q for q in rest) for j in range(r)] for p, rest in zip(points, others)]
+    kernel_t.append([Fraction(0)] * (r - 1) + [Fraction(1)])
+    output_t = [[p**k for p in points] + [Fraction(int(k == m - 1))] for k in range(m)]
+    return input_t, kernel_t, output_t
 
 
-def _six_point_transforms(m: int, r: int) -> tuple[list[list[float]], ...]:
-    kernel_t = [[scale * p**j for j in range(r)] for p, scale in zip(_POINTS_6, _G_SCALES_6)] + [[0] * (r - 1) + [1]]
-    output_t = [[p**k for p in _POINTS_6] + [1 if k == m - 1 else 0] for k in range(m)]
-    return _INPUT_T_6, kernel_t, output_t
-
-
-_TRANSFORMS = {
-    (2, 3): (
-        [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
-        [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
-        [[1, 1, 1, 0], [0, 1, -1, -1]],
-    ),
-    (4, 3): _six_point_transforms(4, 3),
-    (3, 4): _six_point_transforms(3, 4),
-}
+# The points: 0, 1, -1 for F(2, 3); 0, 1, -1, 1/2, -2 for the six-point forms rather than Lavin &
+# Gray's 0, +-1, +-2: F(4, 3)'s error falls from ~7e-6 to ~2.6e-6 of the output's largest value,
+# about the direct convolution's (Barabasz et al., "Error Analysis and Improving the Accuracy of
+# Winograd Convolution for Deep Neural Networks", 2020, choose points the same way). Forms with
+# the same points share B^T. tests/test_winograd.py checks each form exactly.
+_POINTS = {4: (0, 1, -1), 6: (0, 1, -1, Fraction(1, 2), -2)}
+_TRANSFORMS = {(m, r): _toom_cook(m, r, tuple(Fraction(p) for p in _POINTS[m + r - 1])) for m, r in ((2, 3), (4, 3), (3, 4))}
 #: the output tiles offered per kernel side; the first is the default
 OUTPUT_TILES = {3: (4, 2), 4: (3,)}
 
@@ -77,7 +82,7 @@ OUTPUT_TILES = {3: (4, 2), 4: (3,)}
 @functools.cache
 def _transforms_2d(m: int, r: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """B^T (x) B^T, G (x) G, A^T (x) A^T of F(m, r): the 2-D transforms acting on row-major flattened tiles."""
-    input_t, kernel_t, output_t = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[m, r])
+    input_t, kernel_t, output_t = (torch.tensor([[float(v) for v in row] for row in t], dtype=torch.float64) for t in _TRANSFORMS[m, r])
     return tuple(torch.kron(t, t).to(device, dtype) for t in (input_t, kernel_t, output_t))
 
 
@@ -227,8 +232,8 @@ def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, paddi
     size (the output is computed over whole tiles and cropped). Channels-last inputs give
     channels-last outputs."""
     r = weight.shape[2]
-    if weight.shape[2:] not in ((3, 3), (4, 4)):
-        raise ValueError(f"winograd_conv2d needs a 3x3 or 4x4 kernel, got {tuple(weight.shape[2:])}")
+    if weight.shape[3] != r or r not in OUTPUT_TILES:
+        raise ValueError(f"winograd_conv2d needs a square kernel of side {' or '.join(map(str, OUTPUT_TILES))}, got {tuple(weight.shape[2:])}")
     m = output_tile or OUTPUT_TILES[r][0]
     if m not in OUTPUT_TILES[r]:
         raise ValueError(f"output_tile for a {r}x{r} kernel must be one of {OUTPUT_TILES[r]}, got {output_tile}")
