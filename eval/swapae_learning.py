@@ -25,8 +25,9 @@ this is not reached in 1200 iterations by any configuration tried (docs/swapae.m
   whole criterion, never both, never for long.
 
 With the patch co-occurrence loss at 4x its paper weight (``--set netE_num_downsampling_sp=3 --set
-lambda_PatchGAN=4``) seeds 1 and 2 met the whole criterion on an Intel Xeon and neither did on an
-AMD EPYC (docs/swapae.md): another CPU's rounding takes 1200 GAN steps elsewhere.
+lambda_PatchGAN=4``) seeds 1 and 2 met the whole criterion on an Intel Xeon (seed 3 did not), and
+seeds 3 and 4 did on an AMD EPYC while seeds 1 and 2 did not (docs/swapae.md): another CPU's
+rounding takes 1200 GAN steps elsewhere, and about half the seeds get there.
 """
 
 from __future__ import annotations

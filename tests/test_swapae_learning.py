@@ -25,9 +25,10 @@ above, with seed 1 (the swap moves towards the texture image by a tenth at least
 pass too, seed 3 moves it by 2 to 5 % only in 400 iterations).
 
 The whole criterion is not a test: with the patch co-occurrence loss at 4x its paper weight and
-an 8x8 structure code, 1200 iterations met it for seeds 1 and 2 on an Intel Xeon, and for neither
-on an AMD EPYC (the photo <- painting swap's Gram statistics stay closer to the photo's: 1.25
-against 1.14, 1.09 against 1.03), whose rounding sends the same 1200 GAN steps elsewhere.
+an 8x8 structure code, 1200 iterations met it for seeds 1 and 2 (not 3) on an Intel Xeon, and for
+seeds 3 and 4 but not 1 and 2 on an AMD EPYC (there seeds 1 and 2 leave the photo <- painting
+swap's Gram statistics closer to the photo's: 1.25 against 1.14, 1.09 against 1.03), whose
+rounding sends the same 1200 GAN steps elsewhere: about half the seeds, and not the same ones.
 ``eval/swapae_learning.py`` measures it; docs/swapae.md has the table."""
 
 from __future__ import annotations
