@@ -20,7 +20,8 @@ this is not reached in 1200 iterations by any configuration tried (docs/swapae.m
   both directions, but the structure code is not used yet: the reconstruction error hardly falls
   (0.435 -> 0.40) and the edges are as close to either image (87.2 vs 87.2); at 2400 steps (``--steps
   2400``, 19 minutes on one thread) seed 1 meets the whole criterion in both directions with the
-  paper's loss weights, and seed 2 misses it by one direction's edges (83.9 vs 85.6);
+  paper's loss weights; seeds 2, 3 and 4 miss it (one direction's edges; both directions' edges;
+  one direction's colour and Gram);
 * in between (8 x 8: ``netE_num_downsampling_sp=3`` with 2, 4 or 8 channels, batch 8, a weight
   average ``train.ema_decay=0.995``, 8 patch crops) the figures hover around parity and change
   sides from one evaluation to the next (every 200 iterations): sometimes one direction meets the
