@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from gan_style.bench import timing_unit
 from gan_style.config import parse_set_arguments
 from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.kernels import set_conv_kernel
@@ -41,15 +42,14 @@ def main() -> None:
     batch_size = method_cls.bench_batch_size
     settings = {"train.batch_size": batch_size, "train.winograd": True, **parse_set_arguments(args.set)}
     trainer = Trainer(method_cls(config_from_overrides(method_cls, None, settings)), run_dir=None, show_progress=False)
-    generator = torch.Generator().manual_seed(0)
+    unit, _ = timing_unit(trainer, args.size, batch_size)
     seconds: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
     for pair in range(args.steps + 1):
         for kernel in KERNELS if pair % 2 == 0 else KERNELS[::-1]:
             for network in trainer.networks.values():
                 set_conv_kernel(network, kernel)
             start = time.perf_counter()
-            logs = trainer.train_step(trainer.method.synthetic_batch(args.size, batch_size, generator))
-            float(sum(v.float().sum() for v in logs.values()))  # the step has finished
+            unit()
             if pair:
                 seconds[kernel].append(time.perf_counter() - start)
     for kernel, times in seconds.items():

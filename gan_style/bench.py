@@ -24,9 +24,12 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from gan_style.engine.trainer import Trainer
 
 
 def peak_rss_mb() -> float:
@@ -106,6 +109,22 @@ def peak_matmul_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = 
     return 2 * n**3 / min(timings) / 1e9, n
 
 
+def timing_unit(trainer: Trainer, size: int, batch_size: int) -> tuple[Callable[[], None], int]:
+    """What a benchmark times once, on synthetic ``size`` px batches (seeded): one cycle of the
+    phases that alternate by iteration (the Swapping Autoencoder's D iteration then G iteration,
+    as its reference times them; 1 iteration for the others), and that cycle's iterations."""
+    generator = torch.Generator().manual_seed(0)
+    period = math.lcm(*(phase.every for phase in trainer.phases if phase.of == "iteration"))
+
+    def unit() -> None:
+        for _ in range(period):
+            logs = trainer.train_step(trainer.method.synthetic_batch(size, batch_size, generator))
+            # Force the step to finish (one host sync per step, only here in the benchmark).
+            float(sum(v.float().sum() for v in logs.values()))
+
+    return unit, period
+
+
 def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int | None = None, preset: str | None = None, overrides: Mapping[str, Any] | None = None, count_flops: bool = True) -> dict[str, Any]:
     from gan_style.engine.contract import config_from_overrides
     from gan_style.engine.kernels import STEP_DTYPES, set_conv_kernel
@@ -122,16 +141,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         # the benchmark's images are the training crops (the Swapping Autoencoder's D is built for its crop size)
         config = config_from_overrides(method_cls, preset, {**settings, "data.crop_size": size, "data.load_size": size})
     trainer = Trainer(method_cls(config), run_dir=None, show_progress=False)
-    generator = torch.Generator().manual_seed(0)
-    # The timed unit is one cycle of the phases that alternate by iteration (the Swapping
-    # Autoencoder's D iteration then G iteration, as its reference times them); 1 for the others.
-    period = math.lcm(*(phase.every for phase in trainer.phases if phase.of == "iteration"))
-
-    def unit() -> None:
-        for _ in range(period):
-            logs = trainer.train_step(trainer.method.synthetic_batch(size, batch_size, generator))
-            # Force the step to finish (one host sync per step, only here in the benchmark).
-            float(sum(v.float().sum() for v in logs.values()))
+    unit, period = timing_unit(trainer, size, batch_size)
 
     timings: list[float] = []
     for i in range(warmup + steps):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_style.nn.layers import WINOGRAD_MIN_CHANNELS, Conv2d
-from gan_style.nn.winograd import _TRANSFORMS, winograd_conv2d
+from gan_style.nn.winograd import _TRANSFORMS, _transforms_1d, winograd_conv2d
 
 # largest error relative to the largest reference value, fp32 (F(2x2, 3x3) is as accurate as the
 # direct convolution, ~1e-6; F(4x4, 3x3) and F(3x3, 4x4) with their points 0, 1, -1, 1/2, -2 ~3e-6)
@@ -19,7 +19,7 @@ TOLERANCE = {(2, 3): 3e-6, (4, 3): 1e-5, (3, 4): 1e-5}
 @pytest.mark.parametrize(("m", "r"), list(_TRANSFORMS))
 def test_the_one_dimensional_transforms_compute_a_correlation(m, r):
     """A^T [(G g) * (B^T d)] = (sum_j g_j d_(k+j))_k for every input tile d and kernel g."""
-    input_t, kernel_t, output_t = (torch.tensor([[float(v) for v in row] for row in t], dtype=torch.float64) for t in _TRANSFORMS[m, r])
+    input_t, kernel_t, output_t = _transforms_1d(m, r)
     assert input_t.shape == (m + r - 1, m + r - 1) and kernel_t.shape == (m + r - 1, r) and output_t.shape == (m, m + r - 1)
     # the bilinear form's coefficients: output k, kernel tap j, input l
     coefficients = torch.einsum("ki,ij,il->kjl", output_t, kernel_t, input_t)

@@ -76,9 +76,10 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
     def _winograd_applies(self, x: Tensor) -> bool:
-        return (self.kernel_size in ((3, 3), (4, 4)) and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
-                and self.padding_mode == "zeros" and self.padding in ((0, 0), (1, 1))
-                and min(self.in_channels, self.out_channels) >= WINOGRAD_MIN_CHANNELS[self.kernel_size[0]]
+        side = self.kernel_size[0]
+        return (self.kernel_size == (side, side) and side in WINOGRAD_MIN_CHANNELS and self.stride == (1, 1)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and self.padding in ((0, 0), (1, 1))
+                and min(self.in_channels, self.out_channels) >= WINOGRAD_MIN_CHANNELS[side]
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not autocast_on(x))
 
 

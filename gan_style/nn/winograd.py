@@ -74,16 +74,20 @@ def _toom_cook(m: int, r: int, points: tuple[Fraction, ...]) -> tuple[list[list[
 # Winograd Convolution for Deep Neural Networks", 2020, choose points the same way). Forms with
 # the same points share B^T. tests/test_winograd.py checks each form exactly.
 _POINTS = {4: (0, 1, -1), 6: (0, 1, -1, Fraction(1, 2), -2)}
-_TRANSFORMS = {(m, r): _toom_cook(m, r, tuple(Fraction(p) for p in _POINTS[m + r - 1])) for m, r in ((2, 3), (4, 3), (3, 4))}
 #: the output tiles offered per kernel side; the first is the default
 OUTPUT_TILES = {3: (4, 2), 4: (3,)}
+_TRANSFORMS = {(m, r): _toom_cook(m, r, tuple(Fraction(p) for p in _POINTS[m + r - 1])) for r, tiles in OUTPUT_TILES.items() for m in tiles}
+
+
+def _transforms_1d(m: int, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """B^T, G, A^T of F(m, r) as float64 tensors."""
+    return tuple(torch.tensor([[float(v) for v in row] for row in t], dtype=torch.float64) for t in _TRANSFORMS[m, r])
 
 
 @functools.cache
 def _transforms_2d(m: int, r: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """B^T (x) B^T, G (x) G, A^T (x) A^T of F(m, r): the 2-D transforms acting on row-major flattened tiles."""
-    input_t, kernel_t, output_t = (torch.tensor([[float(v) for v in row] for row in t], dtype=torch.float64) for t in _TRANSFORMS[m, r])
-    return tuple(torch.kron(t, t).to(device, dtype) for t in (input_t, kernel_t, output_t))
+    return tuple(torch.kron(t, t).to(device, dtype) for t in _transforms_1d(m, r))
 
 
 def _kernel_transform(weight: Tensor, kernel_t: Tensor) -> Tensor:
@@ -115,7 +119,7 @@ def _input_transform(padded: Tensor, m: int, input_t: Tensor) -> Tensor:
     C_in values from a channels-last input), then one (a², a²) @ (a², C_in) product per tile, as
     for the weights (:func:`_kernel_transform`): 0.7-0.85 of the time of one (a², a²) @ (a², N th
     tw C_in) product, and the batched products read the result as fast."""
-    a = int(input_t.shape[0] ** 0.5)
+    a = math.isqrt(input_t.shape[0])
     c_in = padded.shape[1]
     tiles = padded.unfold(2, a, m).unfold(3, a, m).permute(0, 2, 3, 4, 5, 1).reshape(-1, a * a, c_in)
     return torch.matmul(input_t, tiles).transpose(0, 1)
