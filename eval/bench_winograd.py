@@ -15,6 +15,7 @@ step, 1 in the generator's).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -37,8 +38,19 @@ def median_ms(fn, repeats: int = 15) -> float:
     return sorted(times)[len(times) // 2] * 1000
 
 
+def parse_shape(shape: str) -> tuple[int, int, int, int, int]:
+    """NxC_INxC_OUTxSIDE[xKERNEL] -> (N, C_IN, C_OUT, SIDE, KERNEL), or one ``error:`` line and exit."""
+    fields = shape.split("x")
+    if len(fields) not in (4, 5) or not all(field.isdigit() and int(field) > 0 for field in fields):
+        sys.exit(f"error: --shapes {shape!r}: expected NxC_INxC_OUTxSIDE or NxC_INxC_OUTxSIDExKERNEL, positive integers (e.g. 1x256x256x32)")
+    n, c_in, c_out, side, kernel = (int(v) for v in (fields + ["3"])[:5])
+    if kernel not in OUTPUT_TILES:
+        sys.exit(f"error: --shapes {shape!r}: kernel side {kernel}; Winograd here takes {' or '.join(map(str, OUTPUT_TILES))}")
+    return n, c_in, c_out, side, kernel
+
+
 def time_layer(shape: str, memory_format: torch.memory_format, generator: torch.Generator) -> str:
-    n, c_in, c_out, side, kernel = (int(v) for v in (shape + "x3").split("x")[:5])
+    n, c_in, c_out, side, kernel = parse_shape(shape)
     x = torch.randn(n, c_in, side, side, generator=generator).contiguous(memory_format=memory_format).requires_grad_()
     weight = (torch.randn(c_out, c_in, kernel, kernel, generator=generator) / (kernel * kernel * c_in) ** 0.5)
     weight = weight.contiguous(memory_format=memory_format).requires_grad_()
@@ -71,6 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     memory_format = torch.channels_last if args.layout == "cl" else torch.contiguous_format
     generator = torch.Generator().manual_seed(0)
+    for shape in args.shapes:
+        parse_shape(shape)  # every shape checked before the first is timed
     print(f"{torch.get_num_threads()} threads, {args.layout}; ms forward + backward (error)")
     for shape in args.shapes:
         print(time_layer(shape, memory_format, generator), flush=True)

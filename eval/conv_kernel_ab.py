@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -24,6 +25,7 @@ from gan_style.config import parse_set_arguments
 from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.kernels import set_conv_kernel
 from gan_style.engine.trainer import Trainer
+from gan_style.errors import UserError
 from gan_style.methods import get_method
 
 KERNELS = ("direct", "winograd")
@@ -38,10 +40,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    method_cls = get_method(args.method)
-    batch_size = method_cls.bench_batch_size
-    settings = {"train.batch_size": batch_size, "train.winograd": True, **parse_set_arguments(args.set)}
-    trainer = Trainer(method_cls(config_from_overrides(method_cls, None, settings)), run_dir=None, show_progress=False)
+    try:
+        method_cls = get_method(args.method)
+        batch_size = method_cls.bench_batch_size
+        settings = {"train.batch_size": batch_size, "train.winograd": True, **parse_set_arguments(args.set)}
+        config = config_from_overrides(method_cls, None, settings)
+    except UserError as error:  # an unknown method or option: one line, no traceback
+        sys.exit(f"error: {error}")
+    trainer = Trainer(method_cls(config), run_dir=None, show_progress=False)
     unit, _ = timing_unit(trainer, args.size, batch_size)
     seconds: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
     for pair in range(args.steps + 1):
