@@ -1,6 +1,6 @@
 """The Swapping Autoencoder method: its objective, schedule of phases, swap command and Python API.
 The generic contract (presets, resume, DDP, load) is in test_conformance.py; network parity with
-the reference in test_golden_sae*.py; learning on real images in test_swapae_training.py."""
+the reference in test_golden_sae*.py; learning on real images in test_swapae_learning.py."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from conftest import Streams
 from gan_style.cli import main as cli_main
 from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.engine.trainer import Trainer
+from gan_style.evaluation.swap_statistics import balanced_training_folder, criterion_misses, edges
 from gan_style.methods.swapae import SwapAE, swap_pairs
 from gan_style.nn.swapae_discriminators import PatchCooccurrenceDiscriminator
 
@@ -51,6 +52,29 @@ def test_paper_preset_is_the_references():
     assert D.networks == ("D", "Dpatch") and D.lr == pytest.approx(2e-3 * ratio) and D.betas == pytest.approx((0.0, 0.99**ratio))
     with pytest.raises(ValueError, match="even"):
         config_from_overrides(SwapAE, "smoke", {"train": {"batch_size": 3}})
+
+
+def test_swap_criterion_wants_texture_statistics_from_the_texture_and_edges_from_the_structure():
+    right = {"colour": (0.3, 0.5), "Gram": (0.7, 1.1), "edges": (87.0, 85.0)}  # (to texture, to structure)
+    assert criterion_misses({"photo structure, painting texture": right, "painting structure, photo texture": right}) == []
+    kept_the_structure_image = {"colour": (0.5, 0.3), "Gram": (1.1, 0.7), "edges": (87.0, 85.0)}
+    lost_the_layout = {"colour": (0.3, 0.5), "Gram": (0.7, 1.1), "edges": (85.0, 87.0)}
+    assert criterion_misses({"a": kept_the_structure_image, "b": lost_the_layout}) == ["a: colour", "a: Gram", "b: edges"]
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert edges(images).shape == (2, 62 * 62) and edges(images, 4).shape == (2, 14 * 14)
+    torch.testing.assert_close(edges(images, 4).mean(1), torch.zeros(2), atol=1e-5, rtol=0)  # normalised per image
+
+
+def test_balanced_training_folder_links_every_painting_and_as_many_evenly_spaced_photos(tmp_path):
+    root = tmp_path / "root"
+    for domain, count in (("A", 2), ("B", 9)):
+        (root / f"train{domain}").mkdir(parents=True)
+        for index in range(count):
+            Image.new("RGB", (8, 8)).save(root / f"train{domain}" / f"{domain}{index}.png")
+    folder = balanced_training_folder(root, tmp_path / "balanced")
+    assert sorted(p.name for p in (folder / "trainA").iterdir()) == ["A0.png", "A1.png"]
+    assert sorted(p.name for p in (folder / "trainB").iterdir()) == ["B0.png", "B4.png"]
+    assert (folder / "trainB" / "B4.png").resolve() == (root / "trainB" / "B4.png").resolve()
 
 
 def test_d_and_g_alternate_and_r1_follows_every_16th_d_step(demo_cache):
