@@ -22,10 +22,10 @@ the swap to the texture image / to the structure image at 1200 iterations:
 
 All five meet it, and keep meeting it from iteration 400-1000 on (an evaluation every 200:
 ``python eval/swapae_learning.py --data ../shared/data/vangogh2photo --balanced --held-out 50
---evaluate-every 200 --seed N``). The edge margins are the thinnest (1.6-3 %): at 64 px after 1200
+--evaluate-every 200 --seed N``). The edge margins are the thinnest (1.6-3.6 %): at 64 px after 1200
 iterations the outputs are blurred, and even the structure image's own reconstruction correlates
 weakly with its edges (83.8 against 87.2 for the texture image's, seed 4); measured on the
-luminance averaged over 4x4 blocks (the layout) the margins are 20-30 %.
+luminance averaged over 4x4 blocks (the layout) the margins are 16-30 %.
 
 The paintings are balanced with photos (vangogh2photo has four photos for each painting): on all
 of it, the swaps' colour and Gram statistics took the paintings' less often (docs/swapae.md). With
