@@ -21,13 +21,13 @@ the swap to the texture image / to the structure image at 1200 iterations:
     5     0.459 -> 0.278  0.36/0.43, 0.77/1.06, 87.4/86.0           0.38/0.43, 0.84/1.07, 87.4/85.5
 
 All five meet it, and keep meeting it from iteration 400-1000 on (an evaluation every 200: ``python
-eval/swapae_learning.py --data ../shared/data/vangogh2photo --balanced --held-out 50 --evaluate-
-every 200 --seed N``). On 2 threads (as CI runs it; other rounding, another run) seeds 1 and 4 meet
-it too, from iteration 800 on (seed 1 at 1200: 0.32/0.47, 0.71/1.09, 87.1/85.3 and 0.32/0.50,
-0.74/1.15, 87.2/86.3). The edge margins are the thinnest (1.0-3.8 %): at 64 px after 1200
-iterations the outputs are blurred, and even the structure image's own reconstruction correlates
-weakly with its edges (83.8 against 87.2 for the texture image's, seed 4); measured on the
-luminance averaged over 4x4 blocks (the layout) the margins are 16-30 %.
+eval/swapae_learning.py --data ../shared/data/vangogh2photo --balanced --held-out 50
+--evaluate-every 200 --seed N``). On 2 threads (as CI runs it; other rounding, another run) seeds 1
+and 4 meet it too, from iteration 800 on (seed 1 at 1200: 0.32/0.47, 0.71/1.09, 87.1/85.3 and
+0.32/0.50, 0.74/1.15, 87.2/86.3). The edge margins are the thinnest (1.0-3.8 %): at 64 px after
+1200 iterations the outputs are blurred, and even the structure image's own reconstruction
+correlates weakly with its edges (83.8 against 87.2 for the texture image's, seed 4); measured on
+the luminance averaged over 4x4 blocks (the layout) the margins are 16-30 %.
 
 The paintings are balanced with photos (vangogh2photo has four photos for each painting): on all
 of it, the swaps' colour and Gram statistics took the paintings' less often (docs/swapae.md). With
