@@ -19,6 +19,7 @@ table and the configurations tried on the way; tests/test_swapae_learning.py ass
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ from gan_style.config import parse_set_arguments
 from gan_style.evaluation.swap_statistics import colour_stats, criterion_misses, distance, edges, local_gram, short_run, swap_distances
 
 EDGE_SCALES = (1, 2, 4)
+SHORT = {"photo structure, painting texture": "photo<-painting", "painting structure, photo texture": "painting<-photo"}
 
 
 def summary(evaluation) -> str:
@@ -35,15 +37,12 @@ def summary(evaluation) -> str:
     parts = [f"step {evaluation.step:5d}  rec {evaluation.reconstruction:.3f}"]
     tables = {scale: swap_distances(evaluation.directions, scale) for scale in EDGE_SCALES}
     for direction, row in tables[1].items():
-        short = "photo<-painting" if direction.startswith("photo") else "painting<-photo"
-        edge_text = " ".join(f"{tables[s][direction]['edges'][0]:.1f}/{tables[s][direction]['edges'][1]:.1f}" for s in EDGE_SCALES)
-        parts.append(f"{short}: colour {row['colour'][0]:.2f}/{row['colour'][1]:.2f} Gram {row['Gram'][0]:.2f}/{row['Gram'][1]:.2f} edges {edge_text}")
-    def verdict(scale: int) -> str:
-        misses = [m.replace("photo structure, painting texture", "photo<-painting").replace("painting structure, photo texture", "painting<-photo")
-                  for m in criterion_misses(tables[scale])]
-        return f"x{scale}: " + ("met" if not misses else "missed " + ", ".join(misses))
-
-    verdicts = [verdict(s) for s in EDGE_SCALES]
+        edge_text = " ".join("{:.1f}/{:.1f}".format(*tables[s][direction]["edges"]) for s in EDGE_SCALES)
+        parts.append(f"{SHORT[direction]}: colour {row['colour'][0]:.2f}/{row['colour'][1]:.2f} Gram {row['Gram'][0]:.2f}/{row['Gram'][1]:.2f} edges {edge_text}")
+    verdicts = []
+    for scale in EDGE_SCALES:
+        misses = [miss.replace(direction, SHORT[direction]) for miss in criterion_misses(tables[scale]) for direction in SHORT if miss.startswith(direction)]
+        verdicts.append(f"x{scale}: " + ("met" if not misses else "missed " + ", ".join(misses)))
     return "  ".join(parts) + "  | criterion with edges " + "; ".join(verdicts)
 
 
@@ -74,7 +73,7 @@ def main() -> None:
     print(f"held-out reconstruction L1: {first.reconstruction:.3f} -> {last.reconstruction:.3f} after {last.step} steps")
     for direction, (swapped, own, texture, structure) in last.directions.items():
         print(direction)
-        for name, stat in (("colour", colour_stats), ("Gram", local_gram), *((f"edges x{s}", lambda im, s=s: edges(im, s)) for s in EDGE_SCALES)):
+        for name, stat in (("colour", colour_stats), ("Gram", local_gram), *((f"edges x{s}", functools.partial(edges, scale=s)) for s in EDGE_SCALES)):
             to_texture, to_structure = distance(stat(swapped), stat(texture)), distance(stat(swapped), stat(structure))
             own_to_texture, own_to_structure = distance(stat(own), stat(texture)).mean(), distance(stat(own), stat(structure)).mean()
             print(f"  swap {name:8s} distance: to the texture image {to_texture.mean():.4f}, to the structure image {to_structure.mean():.4f}"

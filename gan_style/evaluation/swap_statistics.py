@@ -5,6 +5,7 @@ Gatys' Gram statistics but on random features), and normalised luminance edges."
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,13 +79,13 @@ CLOSER_TO = {"colour": "texture", "Gram": "texture", "edges": "structure"}
 def swap_distances(directions: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]], edge_scale: int = 1) -> dict[str, dict[str, tuple[float, float]]]:
     """For each swap direction and statistic, the mean distance of the swaps to the texture images
     and to the structure images."""
+    statistics = {**STATISTICS, "edges": functools.partial(edges, scale=edge_scale)}
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for direction, (swapped, _own, texture, structure) in directions.items():
         table[direction] = {}
-        for name, stat in STATISTICS.items():
-            stat = (lambda images: edges(images, edge_scale)) if name == "edges" else stat
-            table[direction][name] = (distance(stat(swapped), stat(texture)).mean().item(),
-                                      distance(stat(swapped), stat(structure)).mean().item())
+        for name, stat in statistics.items():
+            of_swap = stat(swapped)
+            table[direction][name] = (distance(of_swap, stat(texture)).mean().item(), distance(of_swap, stat(structure)).mean().item())
     return table
 
 
