@@ -53,7 +53,7 @@ class TrainConfig:
     # Where the lower precision (bf16, fp16) is measured slower than fp32 at start (no bf16 units:
     # an AVX2-only CPU, a pre-Ampere GPU), train in fp32 and warn; false: the precision as asked.
     precision_fallback: bool = True
-    # Speed options that leave fp32 numerics unchanged (see README, "Speed"). channels_last:
+    # Speed options that leave fp32 numerics unchanged (see docs/speed.md). channels_last:
     # true, false, or "auto": the faster layout for the step's dtype on this device, measured at
     # start (gan_style.engine.kernels), which also picks the norms' precision in bf16/fp16 steps.
     channels_last: bool | Literal["auto"] = "auto"

@@ -100,7 +100,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     NCHW tensors go to PyTorch's group-norm kernel (one channel per group, the same function).
     Channels-last tensors stay channels-last (instance norm would return a contiguous tensor that
     the next convolution must convert back) and are normalised one sample at a time by PyTorch's
-    batch-norm kernel (``instance_norm``; see README, "Speed").
+    batch-norm kernel (``instance_norm``; see docs/speed.md).
     """
 
     #: how the norm runs, set by the trainer from a measurement (gan_style.engine.kernels).

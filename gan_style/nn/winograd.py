@@ -9,7 +9,7 @@ tiles, so 36 multiplications per output tile: F(4x4, 3x3), 16 outputs, instead o
 F(3x3, 4x4), 9 outputs, instead of 144: 4x fewer FLOPs than the direct convolution either way.
 
 Why: in fp32 the direct convolutions of a CycleGAN step already run at the machine's matmul
-peak (README, "Speed"), so fewer FLOPs is the only way left to a faster fp32 step; its 256-channel
+peak (docs/speed.md), so fewer FLOPs is the only way left to a faster fp32 step; its 256-channel
 residual blocks hold ~87 % of them. Forward and backward of a 256-channel 32x32 layer take
 6.8 ms instead of 12.5 (AVX-512 Xeon, 2 threads). The 4x4 form is for the PatchGAN
 discriminators' stride-1 layers, all of CUT's antialiased discriminator (its stride-2 layers are
