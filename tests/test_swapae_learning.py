@@ -26,7 +26,8 @@ eval/swapae_learning.py --data ../shared/data/vangogh2photo --balanced --held-ou
 and 4 meet it too, from iteration 800 on (seed 1 at 1200: 0.32/0.47, 0.71/1.09, 87.1/85.3 and
 0.32/0.50, 0.74/1.15, 87.2/86.3); with an AVX2-only CPU's kernels (emulated: ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2, 2 threads) seed 1 meets it at 1200 but not at
-800 (0.35/0.50, 0.78/1.14, 86.9/84.7 and 0.35/0.48, 0.79/1.14, 87.1/86.1). The edge margins are
+800 (0.35/0.50, 0.78/1.14, 86.9/84.7 and 0.35/0.48, 0.79/1.14, 87.1/86.1), and with MKL_CBWR=COMPATIBLE
+from 800 on (0.35/0.47, 0.79/1.07, 86.9/84.8 and 0.35/0.46, 0.77/1.13, 87.3/85.5). The edge margins are
 the thinnest (1.0-3.8 %): at 64 px after 1200 iterations the outputs are blurred, and even the
 structure image's own reconstruction correlates weakly with its edges (83.8 against 87.2 for the
 texture image's, seed 4); measured on the luminance averaged over 4x4 blocks (the layout) the
