@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from gan_style.config import parse_set_arguments
+from gan_style.errors import UserError
 from gan_style.evaluation.swap_statistics import colour_stats, criterion_misses, distance, edges, local_gram, short_run, swap_distances
 
 EDGE_SCALES = (1, 2, 4)
@@ -60,13 +61,12 @@ def main() -> None:
     missing = [sub for sub in ("trainA", "trainB", "testA", "testB") if not (Path(args.data) / sub).is_dir()]
     if missing:
         sys.exit(f"error: --data {args.data}: no {', '.join(missing)} folder; give a dataset laid out as trainA, trainB, testA, testB (vangogh2photo)")
-    try:
-        overrides = parse_set_arguments(args.set)
-    except ValueError as error:
-        sys.exit(f"error: --set: {error}")
-    with tempfile.TemporaryDirectory() as run:
-        evaluations = short_run(args.data, run, args.steps, args.batch_size, args.seed, args.held_out, overrides,
-                                show_progress=True, evaluate_every=args.evaluate_every, balanced=args.balanced)
+    try:  # a malformed or unknown --set: one line (the config is built before any training)
+        with tempfile.TemporaryDirectory() as run:
+            evaluations = short_run(args.data, run, args.steps, args.batch_size, args.seed, args.held_out, parse_set_arguments(args.set),
+                                    show_progress=True, evaluate_every=args.evaluate_every, balanced=args.balanced)
+    except UserError as error:
+        sys.exit(f"error: {error}")
     for evaluation in evaluations:
         print(summary(evaluation))
     first, last = evaluations[0], evaluations[-1]

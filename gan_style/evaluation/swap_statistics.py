@@ -126,6 +126,8 @@ def balanced_training_folder(root, folder) -> Path:
 
 @dataclass
 class Evaluation:
+    """One measurement of :func:`short_run`, after ``step`` training iterations."""
+
     step: int
     reconstruction: float  # held-out L1
     directions: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]  # swap_directions
