@@ -5,8 +5,10 @@
 A shape is NxC_INxC_OUTxSIDE[xKERNEL] (kernel side 3 unless given; zero padding 1, stride 1, with
 bias). Prints the median milliseconds of a forward and backward pass (input, weight and bias
 gradients) by the direct convolution and by each Winograd form for the kernel
-(gan_style.nn.winograd: F(4x4, 3x3) and F(2x2, 3x3); F(3x3, 4x4)), the time ratio of the default
-form, and each one's largest error relative to the largest float64 value (output and gradients).
+(gan_style.nn.winograd: F(4x4, 3x3) and F(2x2, 3x3); F(3x3, 4x4)), the default form's PyTorch path
+("torch") beside its fused C transforms where those run, the time ratios to the direct
+convolution, and each one's largest error relative to the largest float64 value (output and
+gradients).
 The defaults are the residual-block, down- and up-sampling layers of the ResNet generators at 128
 px, then the stride-1 4x4 layers of CUT's antialiased discriminator at 128 px (batch 2 in its
 step, 1 in the generator's).
@@ -21,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gan_style.nn.winograd import OUTPUT_TILES, winograd_conv2d
+from gan_style.nn.winograd import OUTPUT_TILES, _native_applies, winograd_conv2d
 
 DEFAULT_SHAPES = ("1x256x256x32", "2x256x256x32", "1x256x256x64", "1x128x256x64", "1x256x128x64", "1x64x128x128", "1x128x64x128",
                   "2x64x128x64x4", "2x128x256x32x4", "2x256x512x16x4", "1x256x512x16x4")
@@ -63,6 +65,8 @@ def time_layer(shape: str, memory_format: torch.memory_format, generator: torch.
     convolutions = {"direct": lambda: F.conv2d(x, weight, bias, padding=1)}
     for tile in OUTPUT_TILES[kernel]:
         convolutions[f"F({tile}x{tile})"] = lambda tile=tile: winograd_conv2d(x, weight, bias, 1, tile)
+    if _native_applies(x, weight, OUTPUT_TILES[kernel][0]):  # the fused C transforms, and the PyTorch path beside them
+        convolutions[f"F({OUTPUT_TILES[kernel][0]}x{OUTPUT_TILES[kernel][0]}) torch"] = lambda: winograd_conv2d(x, weight, bias, 1, native=False)
     line = f"{shape:>16}:"
     timings = {}
     for name, conv in convolutions.items():
@@ -73,7 +77,10 @@ def time_layer(shape: str, memory_format: torch.memory_format, generator: torch.
         timings[name] = median_ms(step)
         line += f"  {name} {timings[name]:7.2f} ({error:.0e})"
     default = f"F({OUTPUT_TILES[kernel][0]}x{OUTPUT_TILES[kernel][0]})"
-    return line + f"  {default}/direct {timings[default] / timings['direct']:.2f}"
+    line += f"  {default}/direct {timings[default] / timings['direct']:.2f}"
+    if f"{default} torch" in timings:
+        line += f", torch path/direct {timings[default + ' torch'] / timings['direct']:.2f}"
+    return line
 
 
 def main() -> None:

@@ -4,12 +4,14 @@ them included), and chosen only where they apply."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_style.nn.layers import WINOGRAD_MIN_CHANNELS, Conv2d
-from gan_style.nn.winograd import _TRANSFORMS, _transforms_1d, winograd_conv2d
+from gan_style.nn.layers import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS_FUSED, Conv2d
+from gan_style.nn.winograd import _TRANSFORMS, OUTPUT_TILES, _transforms_1d, fused_transforms_apply, winograd_conv2d
 
 # largest error relative to the largest reference value, fp32 (F(2x2, 3x3) is as accurate as the
 # direct convolution, ~1e-6; F(4x4, 3x3) and F(3x3, 4x4) with their points 0, 1, -1, 1/2, -2 ~3e-6)
@@ -29,6 +31,11 @@ def test_the_one_dimensional_transforms_compute_a_correlation(m, r):
             expected[k, j, k + j] = 1
     assert torch.allclose(coefficients, expected, atol=1e-12)
     assert (output_t[:, 1] == 1).all()  # the point 1: the bias is added there
+
+
+needs_fused = pytest.mark.skipif(not fused_transforms_apply(torch.randn(1, 16, 4, 4).contiguous(memory_format=torch.channels_last),
+                                                            torch.randn(16, 16, 3, 3)),
+                                 reason="no C compiler here: the fused Winograd transforms cannot be built (the PyTorch path runs)")
 
 
 def _relative_errors(outputs, references):
@@ -70,25 +77,33 @@ def test_winograd_rejects_what_it_cannot_compute():
         winograd_conv2d(torch.zeros(1, 2, 8, 8), torch.zeros(2, 2, 3, 3), output_tile=3)
 
 
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=needs_fused)])
 @pytest.mark.parametrize("kernel", [3, 4])
-def test_a_gradient_penalty_through_winograd_is_the_direct_convolutions(kernel):
-    """create_graph (R1 through a discriminator) differentiates the direct convolution's backward."""
+def test_a_gradient_penalty_through_winograd_is_the_direct_convolutions(kernel, fused):
+    """create_graph (R1 through a discriminator) differentiates the direct convolution's backward;
+    ``fused``: fp32 channels-last, through the fused C transforms' forward."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 8, 9, 9, generator=generator, dtype=torch.float64)
-    weight = torch.randn(6, 8, kernel, kernel, generator=generator, dtype=torch.float64)
-    bias = torch.randn(6, generator=generator, dtype=torch.float64)
+    dtype, channels = (torch.float32, 16) if fused else (torch.float64, 8)
+    x = torch.randn(2, channels, 9, 9, generator=generator, dtype=dtype)
+    weight = torch.randn(16, channels, kernel, kernel, generator=generator, dtype=dtype) / (kernel * channels**0.5)
+    bias = torch.randn(16, generator=generator, dtype=dtype)
+    if fused:
+        x = x.contiguous(memory_format=torch.channels_last)
     penalties = []
     for conv in (winograd_conv2d, F.conv2d):
         leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
-        (grad_x,) = torch.autograd.grad(conv(leaves[0], leaves[1], leaves[2], padding=1).square().sum(), leaves[0], create_graph=True)
+        out = conv(leaves[0], leaves[1], leaves[2], padding=1)
+        if conv is winograd_conv2d:
+            assert (type(out.grad_fn).__name__ == "_NativeWinogradConvBackward") == fused
+        (grad_x,) = torch.autograd.grad(out.square().sum(), leaves[0], create_graph=True)
         penalty = grad_x.square().sum()
         penalties.append([penalty, *torch.autograd.grad(penalty, leaves[1:])])
     for ours, direct in zip(*penalties, strict=True):
-        assert torch.allclose(ours, direct, rtol=1e-6)
+        assert torch.allclose(ours, direct, rtol=1e-4 if fused else 1e-6, atol=1e-5 * direct.abs().max().item() if fused else 0)
 
 
 def _ran_winograd(module: torch.nn.Module, x: torch.Tensor) -> bool:
-    return type(module(x).grad_fn).__name__ == "_WinogradConvBackward"
+    return type(module(x).grad_fn).__name__ in ("_WinogradConvBackward", "_NativeWinogradConvBackward")
 
 
 def test_conv2d_runs_winograd_only_where_it_applies():
@@ -163,3 +178,77 @@ def test_a_winograd_training_step_matches_the_direct_one():
     assert moved_elsewhere < 3e-3, f"{moved_elsewhere:.2%} of the weights took another first step"
     with pytest.raises(ConfigError, match="winograd"):
         config_from_overrides(cls, None, {"train.winograd": "sometimes"})
+
+
+@needs_fused
+@pytest.mark.parametrize("kernel", [3, 4])
+@pytest.mark.parametrize("weight_channels_last", [False, True])
+@pytest.mark.parametrize(("size", "padding", "bias", "widths"), [((16, 16), 1, True, (32, 48)), ((18, 13), 0, True, (16, 32)),
+                                                                 ((13, 10), 1, False, (48, 16)), ((3, 5), 1, True, (16, 16))])
+def test_the_fused_transforms_equal_the_direct_convolution_and_the_pytorch_path(kernel, weight_channels_last, size, padding, bias, widths):
+    """winograd_kernels.c: the zero padding and partial edge tiles read as zeros, the output written
+    cropped, every gradient; the same numbers as the PyTorch path to rounding."""
+    generator = torch.Generator().manual_seed(1)
+    c_in, c_out = widths
+    x = torch.randn(2, c_in, *size, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c_out, c_in, kernel, kernel, generator=generator) / (kernel * c_in**0.5)
+    if weight_channels_last:
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    b = torch.randn(c_out, generator=generator) if bias else None
+    leaves64 = [t.double().requires_grad_() for t in [x, weight] + ([b] if bias else [])]
+    reference = F.conv2d(*leaves64[:2], leaves64[2] if bias else None, padding=padding)
+    grad_out = torch.randn(reference.shape, generator=generator, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    references = [reference, *torch.autograd.grad(reference, leaves64, grad_out)]
+    results = {}
+    for native in (None, False):
+        leaves = [t.clone().requires_grad_() for t in [x, weight] + ([b] if bias else [])]
+        out = winograd_conv2d(leaves[0], leaves[1], leaves[2] if bias else None, padding, native=native)
+        assert (type(out.grad_fn).__name__ == "_NativeWinogradConvBackward") == (native is None)
+        grads = torch.autograd.grad(out, leaves, grad_out.float())
+        assert out.shape == reference.shape
+        if native is None:  # written cropped, in the input's layout, the gradients in their leaves' layouts
+            assert out.is_contiguous(memory_format=torch.channels_last) and grads[0].is_contiguous(memory_format=torch.channels_last)
+            assert grads[1].is_contiguous(memory_format=torch.channels_last if weight_channels_last else torch.contiguous_format)
+        assert max(_relative_errors([out, *grads], references)) < TOLERANCE[OUTPUT_TILES[kernel][0], kernel]
+        results[native] = [out, *grads]
+    assert max(_relative_errors(results[None], [t.double() for t in results[False]])) < 1e-5
+
+
+@needs_fused
+def test_conv2d_runs_the_fused_transforms_on_narrower_layers():
+    """Channels-last fp32 inputs take the fused path, which pays from 64 channels (the ResNet
+    generators' 128x128 layers of CUT); NCHW ones keep the PyTorch path's threshold."""
+    conv = Conv2d(WINOGRAD_MIN_CHANNELS_FUSED[3], WINOGRAD_MIN_CHANNELS[3], 3, padding=1)
+    conv.kernel = "winograd"
+    x = torch.randn(1, conv.in_channels, 8, 8)
+    assert _ran_winograd(conv, x.contiguous(memory_format=torch.channels_last).requires_grad_())
+    assert not _ran_winograd(conv, x.requires_grad_())
+
+
+def test_the_native_loader_falls_back_and_keys_its_cache(tmp_path, monkeypatch, caplog):
+    """No compiler, a failing build or GAN_STYLE_NATIVE=0: None (the PyTorch path), one log line;
+    a build is cached per source and CPU, and written atomically."""
+    from gan_style.nn import native
+
+    monkeypatch.setenv("GAN_STYLE_CACHE", str(tmp_path))
+    source = "int gs_answer(void) { return 42; }\n"
+    monkeypatch.setenv("GAN_STYLE_NATIVE", "0")
+    assert native.compile_library("probe_off", source) is None
+    monkeypatch.setenv("GAN_STYLE_NATIVE", "1")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level("WARNING", logger="gan_style.nn.native"):
+        assert native.compile_library("probe_missing", source) is None
+    assert "PyTorch path runs instead" in caplog.text
+    if native._compiler() is None or not shutil.which("cc"):
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("CC", shutil.which("cc"))
+    with caplog.at_level("WARNING", logger="gan_style.nn.native"):
+        assert native.compile_library("probe_broken", "this is not C") is None
+    assert "compiling probe_broken failed" in caplog.text
+    library = native.compile_library("probe", source)
+    assert library.gs_answer() == 42
+    built = sorted(p.name for p in (tmp_path / "native").iterdir())
+    assert len(built) == 1 and built[0].startswith("probe-") and built[0].endswith(".so")  # no temporaries left
+    monkeypatch.setattr(native, "_cpu_identity", lambda: "another CPU")
+    native.compile_library("probe", source + "\n")
+    assert len(list((tmp_path / "native").iterdir())) == 2

@@ -63,7 +63,8 @@ class Conv2d(nn.Conv2d):
     "winograd": F(4x4, 3x3), or F(3x3, 4x4) for the PatchGAN discriminators' 4x4 kernels, for an
     fp32 input outside autocast, when both widths are at least
     ``WINOGRAD_MIN_CHANNELS[side]`` (narrower layers on large maps move more data than they save in
-    multiplications), with zero or no padding; every other case runs directly.
+    multiplications; ``WINOGRAD_MIN_CHANNELS_FUSED`` where the fused C transforms run, which move
+    less), with zero or no padding; every other case runs directly.
     """
 
     kernel: str = "direct"
@@ -77,10 +78,14 @@ class Conv2d(nn.Conv2d):
 
     def _winograd_applies(self, x: Tensor) -> bool:
         side = self.kernel_size[0]
-        return (self.kernel_size == (side, side) and side in WINOGRAD_MIN_CHANNELS and self.stride == (1, 1)
+        if not (self.kernel_size == (side, side) and side in WINOGRAD_MIN_CHANNELS and self.stride == (1, 1)
                 and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and self.padding in ((0, 0), (1, 1))
-                and min(self.in_channels, self.out_channels) >= WINOGRAD_MIN_CHANNELS[side]
-                and x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not autocast_on(x))
+                and x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not autocast_on(x)):
+            return False
+        from gan_style.nn.winograd import fused_transforms_apply
+
+        narrowest = WINOGRAD_MIN_CHANNELS_FUSED if fused_transforms_apply(x, self.weight) else WINOGRAD_MIN_CHANNELS
+        return min(self.in_channels, self.out_channels) >= narrowest[side]
 
 
 #: the narrowest layer :class:`Conv2d` runs by Winograd, per kernel side. Forward + backward time
@@ -91,6 +96,10 @@ class Conv2d(nn.Conv2d):
 #: at 32x32 0.73 (0.67), 256->512 at 16x16 0.97 (0.73); its first layer (3 channels in) and last
 #: (1 out) stay direct.
 WINOGRAD_MIN_CHANNELS = {3: 128, 4: 64}
+#: the same where the fused C transforms run (gan_style.nn.winograd_kernels.c; docs/speed.md,
+#: session h; Zen 4 EPYC, 2 threads, against the direct convolution): 64->128 at 128x128 0.65,
+#: 128->64 0.61, 4x4 256->512 at 16x16 batch 1 0.63
+WINOGRAD_MIN_CHANNELS_FUSED = {3: 64, 4: 64}
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):

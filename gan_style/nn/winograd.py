@@ -32,15 +32,18 @@ convolution's backward, which can be differentiated again.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gan_style.nn.layers import is_channels_last
+from gan_style.nn.native import compile_library
 
 
 def _toom_cook(m: int, r: int, points: tuple[Fraction, ...]) -> tuple[list[list[Fraction]], ...]:
@@ -223,24 +226,151 @@ class _WinogradConv(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
-def _direct_backward(padded: Tensor, weight: Tensor, grad_out: Tensor, needs: tuple[bool, bool], bias_needed: bool) -> tuple[Tensor | None, ...]:
+def _direct_backward(padded: Tensor, weight: Tensor, grad_out: Tensor, needs: tuple[bool, bool], bias_needed: bool,
+                     padding: int = 0) -> tuple[Tensor | None, ...]:
     """The convolution's gradients by PyTorch's direct convolutions, differentiable again."""
-    grad_input = torch.nn.grad.conv2d_input(padded.shape, weight, grad_out) if needs[0] else None
-    grad_weight = torch.nn.grad.conv2d_weight(padded, weight.shape, grad_out) if needs[1] else None
+    grad_input = torch.nn.grad.conv2d_input(padded.shape, weight, grad_out, padding=padding) if needs[0] else None
+    grad_weight = torch.nn.grad.conv2d_weight(padded, weight.shape, grad_out, padding=padding) if needs[1] else None
     return grad_input, grad_weight, grad_out.sum((0, 2, 3)) if bias_needed else None
 
 
-def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int = 0, output_tile: int | None = None) -> Tensor:
+def _c_matrix(name: str, rows: list[list[Fraction]], columns: int) -> str:
+    """A float matrix as a C constant, each row padded with zeros to ``columns``."""
+    padded = [[float(v) for v in row] + [0.0] * (columns - len(row)) for row in rows]
+    body = ", ".join("{" + ", ".join(f"{v!r}f" for v in row) + "}" for row in padded)
+    return f"static const float {name}[{len(rows)}][{columns}] = {{{body}}};\n"
+
+
+@functools.cache
+def _native() -> ctypes.CDLL | None:
+    """The fused transforms of ``winograd_kernels.c`` for F(4x4, 3x3) and F(3x3, 4x4), compiled for
+    this CPU (gan_style.nn.native), or None: the PyTorch path below runs instead."""
+    (input_t, kernel_3, output_4), (_, kernel_4, output_3) = _TRANSFORMS[4, 3], _TRANSFORMS[3, 4]
+    assert input_t == _TRANSFORMS[3, 4][0]  # one B^T for both forms
+    coefficients = (_c_matrix("BT", input_t, 6) + _c_matrix("G3", kernel_3, 4) + _c_matrix("G4", kernel_4, 4)
+                    + _c_matrix("AT4", output_4, 6) + _c_matrix("AT3", output_3, 6))
+    library = compile_library("winograd_kernels", coefficients + Path(__file__).with_name("winograd_kernels.c").read_text())
+    if library is None:
+        return None
+    pointer, integer = ctypes.c_void_p, ctypes.c_int64
+    signatures = {"gs_input_transform": [pointer, pointer] + [integer] * 9, "gs_input_gradient": [pointer, pointer] + [integer] * 10}
+    for m in (4, 3):
+        signatures[f"gs_output_transform_{m}"] = [pointer] * 3 + [integer] * 6
+        signatures[f"gs_output_gradient_{m}"] = [pointer] * 2 + [integer] * 6
+        signatures[f"gs_kernel_transform_{7 - m}"] = [pointer] * 2 + [integer] * 2
+        signatures[f"gs_kernel_gradient_{7 - m}"] = [pointer] * 2 + [integer] * 2
+    for name, arguments in signatures.items():
+        getattr(library, name).argtypes, getattr(library, name).restype = arguments, None
+    return library
+
+
+def _native_applies(x: Tensor, weight: Tensor, m: int) -> bool:
+    """The fused kernels take fp32 channels-last images on the CPU, 6x6 tiles, and widths in
+    multiples of 16 (every Winograd layer of the networks here)."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and is_channels_last(x) and x.dim() == 4
+            and m + weight.shape[2] == 7 and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0 and _native() is not None)
+
+
+def fused_transforms_apply(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`winograd_conv2d` with its default tile runs ``weight`` on ``x`` by the fused C transforms."""
+    r = weight.shape[2]
+    return r in OUTPUT_TILES and _native_applies(x, weight, OUTPUT_TILES[r][0])
+
+
+def _channels_last_weight(weight: Tensor) -> Tensor:
+    """The weight as (C_out, r, r, C_in) in memory: a view of a channels-last weight."""
+    return weight.permute(0, 2, 3, 1).contiguous()
+
+
+class _NativeWinogradConv(torch.autograd.Function):
+    """:class:`_WinogradConv` with each transform fused with its gather or scatter (``winograd_kernels.c``):
+    the zero padding and the partial tiles at the edges are read as zeros rather than padded, and the
+    output is written cropped, so no padded copy and no cropping copy."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, m: int) -> Tensor:
+        library = _native()
+        n, c_in, height, width = x.shape
+        c_out, r = weight.shape[0], weight.shape[2]
+        out_h, out_w = height + 2 * padding - r + 1, width + 2 * padding - r + 1
+        th, tw = -(-out_h // m), -(-out_w // m)
+        tiles = n * th * tw
+        result = torch.empty((n, c_out, out_h, out_w), memory_format=torch.channels_last)
+        transformed = torch.empty(36, tiles, c_in)  # V = B^T d B
+        library.gs_input_transform(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, m, padding, padding)
+        products = torch.bmm(transformed, _native_kernel_transform(library, weight).transpose(1, 2))  # M = U * V
+        del transformed
+        if bias is not None:
+            bias = bias.contiguous()
+        getattr(library, f"gs_output_transform_{m}")(products.data_ptr(), bias.data_ptr() if bias is not None else None,
+                                                     result.data_ptr(), n, out_h, out_w, c_out, th, tw)
+        ctx.save_for_backward(x, weight)  # V is recomputed: it is 2.25x the input
+        ctx.m, ctx.padding, ctx.has_bias = m, padding, bias is not None
+        return result
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        m, padding = ctx.m, ctx.padding
+        if torch.is_grad_enabled():  # create_graph: a backward autograd can differentiate
+            grads = _direct_backward(x, weight, grad_out, ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2], padding)
+            return (*grads, None, None)
+        library = _native()
+        n, c_in, height, width = x.shape
+        c_out, r = weight.shape[0], weight.shape[2]
+        out_h, out_w = grad_out.shape[2:]
+        th, tw = -(-out_h // m), -(-out_w // m)
+        tiles = n * th * tw
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        grad_products = torch.empty(36, tiles, c_out)  # A gY A^T
+        getattr(library, f"gs_output_gradient_{m}")(grad_out.data_ptr(), grad_products.data_ptr(), n, out_h, out_w, c_out, th, tw)
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:  # the weight's gradient (kept until the optimiser step) first, as in _WinogradConv
+            grad_weight = torch.empty_like(weight, memory_format=torch.channels_last)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_products[7].sum(0)  # the point 1 in both directions: A^T's all-ones column
+        if ctx.needs_input_grad[1]:
+            transformed = torch.empty(36, tiles, c_in)
+            library.gs_input_transform(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, m, padding, padding)
+            grad_kernel = torch.bmm(grad_products.transpose(1, 2), transformed)  # (36, C_out, C_in)
+            del transformed
+            getattr(library, f"gs_kernel_gradient_{r}")(grad_kernel.data_ptr(), grad_weight.data_ptr(), c_out, c_in)
+            del grad_kernel
+            if not is_channels_last(weight):
+                grad_weight = grad_weight.contiguous()
+        if ctx.needs_input_grad[0]:
+            grad_transformed = torch.bmm(grad_products, _native_kernel_transform(library, weight))  # (36, tiles, C_in)
+            del grad_products
+            grad_input = torch.empty_like(x, memory_format=torch.channels_last)
+            block = next(b for b in (64, 32, 16) if c_in % b == 0 and (n * c_in // b >= 2 * torch.get_num_threads() or b == 16))
+            library.gs_input_gradient(grad_transformed.data_ptr(), grad_input.data_ptr(), n, height, width, c_in, th, tw, m, padding, padding, block)
+        return grad_input, grad_weight, grad_bias, None, None
+
+
+def _native_kernel_transform(library: ctypes.CDLL, weight: Tensor) -> Tensor:
+    """U = G g G^T as (36, C_out, C_in)."""
+    c_out, c_in, r = weight.shape[:3]
+    weight = _channels_last_weight(weight)
+    transformed = torch.empty(36, c_out, c_in)
+    getattr(library, f"gs_kernel_transform_{r}")(weight.data_ptr(), transformed.data_ptr(), c_out, c_in)
+    return transformed
+
+
+def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int = 0, output_tile: int | None = None,
+                    native: bool | None = None) -> Tensor:
     """``F.conv2d(x, weight, bias, stride=1, padding=padding)`` for a 3x3 or 4x4 ``weight`` by
     Winograd's F(m x m, r x r), m = ``output_tile`` (3x3: 4, the default, or 2; 4x4: 3); any input
     size (the output is computed over whole tiles and cropped). Channels-last inputs give
-    channels-last outputs."""
+    channels-last outputs. ``native``: the fused C transforms (``_NativeWinogradConv``) where they
+    apply (None, the default) or never (False); the PyTorch path otherwise."""
     r = weight.shape[2]
     if weight.shape[3] != r or r not in OUTPUT_TILES:
         raise ValueError(f"winograd_conv2d needs a square kernel of side {' or '.join(map(str, OUTPUT_TILES))}, got {tuple(weight.shape[2:])}")
     m = output_tile or OUTPUT_TILES[r][0]
     if m not in OUTPUT_TILES[r]:
         raise ValueError(f"output_tile for a {r}x{r} kernel must be one of {OUTPUT_TILES[r]}, got {output_tile}")
+    if native is not False and _native_applies(x, weight, m):
+        return _NativeWinogradConv.apply(x, weight, bias, padding, m)
     height, width = x.shape[2] + 2 * padding - r + 1, x.shape[3] + 2 * padding - r + 1
     extra_h, extra_w = -height % m, -width % m
     if padding or extra_h or extra_w:  # the zero padding, and whole tiles past the bottom/right edges

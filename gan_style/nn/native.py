@@ -1,0 +1,84 @@
+"""Small C kernels compiled on first use with the system's C compiler and loaded with ``ctypes``.
+
+Optional by design: where no compiler is found, or it fails, :func:`compile_library` returns None
+(logged once) and the callers keep their PyTorch path. The library is built for the CPU it runs
+on (``-march=native``) and cached under ``$GAN_STYLE_CACHE`` (default ``~/.cache/gan_style``)
+in ``native/``, keyed by the source, the flags, the compiler and the CPU's model and flags, so a
+home directory shared by machines of different CPUs never loads one built for another.
+``GAN_STYLE_NATIVE=0`` turns the kernels off.
+
+It links the OpenMP runtime PyTorch has already loaded (``libgomp.so.1`` of Linux wheels, by its
+soname), so the kernels share PyTorch's threads and ``torch.set_num_threads``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+
+
+def enabled() -> bool:
+    """False where ``GAN_STYLE_NATIVE`` is ``0``, ``false`` or ``off``."""
+    return os.environ.get("GAN_STYLE_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GAN_STYLE_CACHE") or Path.home() / ".cache" / "gan_style") / "native"
+
+
+def _cpu_identity() -> str:
+    """The CPU's model and instruction-set flags: what ``-march=native`` compiles for."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    keys = ("model name", "flags", "Features", "CPU part")
+    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+@functools.cache
+def compile_library(name: str, source: str) -> ctypes.CDLL | None:
+    """``source`` compiled into a shared library and loaded, or None (logged) where that is not possible."""
+    if not enabled():
+        return None
+    compiler = _compiler()
+    if compiler is None or platform.system() != "Linux":
+        log.info("no C compiler (or not Linux): %s runs its PyTorch path", name)
+        return None
+    key = hashlib.sha256("\0".join([source, *FLAGS, compiler, _cpu_identity()]).encode()).hexdigest()[:20]
+    target = cache_dir() / f"{name}-{key}.so"
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+                c_file, built = Path(scratch) / f"{name}.c", Path(scratch) / f"{name}.so"
+                c_file.write_text(source)
+                result = subprocess.run([compiler, *FLAGS, str(c_file), "-o", str(built)], capture_output=True, text=True, timeout=300)
+                if result.returncode:
+                    log.warning("compiling %s failed (its PyTorch path runs instead): %s", name, result.stderr.strip()[-2000:])
+                    return None
+                os.replace(built, target)  # atomic: concurrent processes (DDP) each build, one wins
+        except (OSError, subprocess.SubprocessError) as error:
+            log.warning("could not build %s in %s (its PyTorch path runs instead): %s", name, target.parent, error)
+            return None
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as error:
+        log.warning("could not load %s (its PyTorch path runs instead): %s", target, error)
+        return None
