@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_style.nn.layers import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS_FUSED, Conv2d
-from gan_style.nn.winograd import _TRANSFORMS, OUTPUT_TILES, _transforms_1d, fused_transforms_apply, winograd_conv2d
+from gan_style.nn.winograd import _TRANSFORMS, OUTPUT_TILES, _transforms_1d, fused_transforms_apply, fused_winograd_available, winograd_conv2d
 
 # largest error relative to the largest reference value, fp32 (F(2x2, 3x3) is as accurate as the
 # direct convolution, ~1e-6; F(4x4, 3x3) and F(3x3, 4x4) with their points 0, 1, -1, 1/2, -2 ~3e-6)
@@ -135,7 +135,12 @@ def test_kernel_choice_of_the_convolutions():
     from gan_style.engine.kernels import choose_kernels
 
     forced = choose_kernels("cpu", torch.float32, winograd=True)
-    assert forced.conv_kernel == "winograd" and "winograd 3x3 and 4x4 convolutions" in forced.describe()
+    assert forced.conv_kernel == "winograd" and "3x3 and 4x4 convolutions" in forced.describe()
+    # where the fused transforms are built, the layout that runs them, and the report says so
+    if fused_winograd_available():
+        assert forced.channels_last and "winograd (fused C transforms)" in forced.describe()
+    else:
+        assert "fused" not in forced.describe()
     assert choose_kernels("cpu", torch.float32, winograd=False).conv_kernel == "direct"
     measured = choose_kernels("cpu", torch.float32)
     assert {"direct 3x3 convolutions", "winograd 3x3 convolutions"} <= set(measured.timings_ms)

@@ -29,6 +29,10 @@ discriminators' stride-1 4x4 ones ("winograd", ``gan_style.nn.layers.Conv2d``,
 the direct convolutions already run at the fp32 matmul peak it is the only way to a faster fp32
 step. GPUs keep "direct": cuDNN picks its own Winograd kernels.
 
+Where the fused C transforms of ``gan_style.nn.winograd_kernels.c`` are built (a C compiler on
+the machine), an fp32 CPU step of the ResNet family is channels-last without measuring NCHW: those
+kernels take channels-last tensors and are worth more than any layout difference of the rest.
+
 ``train.channels_last`` true/false fixes the layout (the norm kernel is still measured), and
 ``train.winograd`` true/false the convolution kernel; ``"auto"`` (the default of both) measures.
 The choice is logged and ``gan-style bench`` reports it with the timings.
@@ -52,6 +56,7 @@ import torch
 from torch import nn
 
 from gan_style.nn.layers import Conv2d, InstanceNorm2d
+from gan_style.nn.winograd import fused_winograd_available
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +83,10 @@ class KernelChoice:
 
     def describe(self) -> str:
         layout = "channels-last" if self.channels_last else "contiguous (NCHW)"
-        return f"{layout}, {self.norm_kernel} instance norm, {self.conv_kernel} 3x3 and 4x4 convolutions"
+        conv = self.conv_kernel
+        if conv == "winograd" and self.channels_last and fused_winograd_available():
+            conv += " (fused C transforms)"
+        return f"{layout}, {self.norm_kernel} instance norm, {conv} 3x3 and 4x4 convolutions"
 
 
 def _candidate_name(channels_last: bool, norm_kernel: str) -> str:
@@ -192,7 +200,15 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
             winograd: bool | None) -> KernelChoice:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     low_precision = dtype in (torch.bfloat16, torch.float16)
+    with torch.random.fork_rng(devices=[]):  # building it draws weights: leave the caller's random state alone
+        has_conv2d = any(isinstance(m, Conv2d) for m in PROBES[family](3).modules())
+    winograd_possible = dtype == torch.float32 and device.type == "cpu" and has_conv2d and winograd is not False
     layouts = (False, True) if layout is None else (layout,)
+    if layout is None and winograd_possible and fused_winograd_available():
+        # the fused Winograd transforms take channels-last tensors, and took a whole FastCUT fp32
+        # step to 0.67-0.77 of the PyTorch path's (docs/speed.md, session h): more than any layout
+        # difference of the rest of the step, which the family probe (no wide 3x3 layer) measures
+        layouts = (True,)
     nchw_kernels = ("float32", "native") if low_precision else ("native",)
     # On the CPU only the batch-norm kernel: timed alone it beat the sums on every map of these
     # networks (fp32 and bf16, batch 1 and 2), and the sums beat the NCHW detour (2x128x128x128
@@ -209,9 +225,7 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # Winograd: fp32 steps on the CPU (Conv2d runs autocast steps directly anyway), families whose
     # networks have gan_style.nn.layers.Conv2d layers (the ResNet one); direct unless 3 % faster
     conv_kernel = "direct"
-    with torch.random.fork_rng(devices=[]):  # building it draws weights: leave the caller's random state alone
-        has_conv2d = any(isinstance(m, Conv2d) for m in PROBES[family](3).modules())
-    if dtype == torch.float32 and device.type == "cpu" and has_conv2d and winograd is not False:
+    if winograd_possible:
         if winograd:
             conv_kernel = "winograd"
         else:

@@ -23,11 +23,18 @@ convolutions on Ampere GPUs by default (next to cuDNN's own Winograd kernels, pi
 than the direct convolution, and was slower here. The trainer uses Winograd where measured
 faster (``train.winograd``).
 
-The tiles are gathered and the transforms applied as matrix products over flattened tiles
-(Kronecker products of the 1-D transforms), so every step is one large PyTorch op; the weight
-transform is recomputed in the backward instead of kept (it is 4x the weight: ~1 GB over a
-CycleGAN step's graph). A gradient penalty through the layer (``create_graph``) gets the direct
-convolution's backward, which can be differentiated again.
+Two implementations of the same products. Where a C compiler is found (``gan_style.nn.native``),
+fp32 channels-last layers of 6x6 tiles run ``_NativeWinogradConv``: each transform fused with its
+gather or scatter in ``winograd_kernels.c`` (one pass over memory; the zero padding and the partial
+edge tiles read as zeros, the output written cropped), the products by ``torch.bmm``. The
+transforms had been a third of a FastCUT fp32 step, memory-bound; fused, a 256-channel 32x32 layer
+takes 0.45 of the direct convolution's time instead of 0.61, and the 64-channel layers on 128x128
+maps pay too (docs/speed.md, session h). Everywhere else ``_WinogradConv``: the tiles gathered and
+the transforms applied as matrix products over flattened tiles (Kronecker products of the 1-D
+transforms), so every step is one large PyTorch op. Both recompute the weight transform in the
+backward instead of keeping it (it is 4x the weight: ~1 GB over a CycleGAN step's graph). A
+gradient penalty through the layer (``create_graph``) gets the direct convolution's backward,
+which can be differentiated again.
 """
 
 from __future__ import annotations
@@ -269,6 +276,11 @@ def _native_applies(x: Tensor, weight: Tensor, m: int) -> bool:
     multiples of 16 (every Winograd layer of the networks here)."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and is_channels_last(x) and x.dim() == 4
             and m + weight.shape[2] == 7 and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0 and _native() is not None)
+
+
+def fused_winograd_available() -> bool:
+    """Whether the fused C transforms are built here (a C compiler, ``GAN_STYLE_NATIVE`` not 0)."""
+    return _native() is not None
 
 
 def fused_transforms_apply(x: Tensor, weight: Tensor) -> bool:
