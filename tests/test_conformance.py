@@ -255,6 +255,27 @@ def test_bf16_measured_slower_than_fp32_trains_in_fp32_with_a_warning(bf16_ms, f
     assert all(torch.isfinite(v).all() for v in logs.values())
 
 
+@pytest.mark.parametrize(("winograd_fp32_ms", "trains_in"), [(6.0, "no"), (9.0, "bf16")])
+def test_bf16_is_weighed_against_fp32_with_its_winograd_convolutions(winograd_fp32_ms, trains_in, monkeypatch):
+    """bf16 (8 ms) beats fp32's direct convolutions (10 ms) in the layout probe, but where fp32
+    steps run Winograd the two are timed again, each in its own kernels."""
+    from gan_style.engine import kernels
+
+    def timed(probes, device, rounds=7):
+        if set(probes) == {"bf16", "fp32"} and rounds == 7:  # the second timing, fp32 by Winograd
+            return {"bf16": 8.0, "fp32": winograd_fp32_ms}
+        return {name: 8.0 if name == "bf16" else 10.0 for name in probes}
+
+    def full_choice(device_type, device_index, dtype, threads, layout, family, winograd):
+        fp32 = dtype == torch.float32
+        return kernels.KernelChoice(True, "batchnorm", {"channels_last/batchnorm": 10.0 if fp32 else 8.0}, "winograd" if fp32 else "direct")
+
+    monkeypatch.setattr(kernels, "_median_ms", timed)
+    monkeypatch.setattr(kernels, "_choose", full_choice)
+    choice = kernels.choose_precision("cpu", "bf16")
+    assert choice.mixed_precision == trains_in and choice.timings_ms == {"bf16": 8.0, "fp32": winograd_fp32_ms}
+
+
 def test_a_phase_with_no_losses_steps_nothing():
     class Idle(LazyRegularised):
         def phases(self):

@@ -270,7 +270,7 @@ def choose_precision(device: torch.device | str, requested: str, channels_last: 
     """``requested`` ("bf16", "fp16"), or "no" (fp32) when the kernel probe's training pass of
     ``family`` in the fastest kernels for that dtype (:func:`choose_kernels`, with the layout and
     Winograd settings the run will use, so the run's own choice reuses these measurements) is
-    slower than in the fastest fp32 ones. Without bf16 units (an AVX2-only CPU) PyTorch emulates
+    slower than in the fastest fp32 ones, Winograd convolutions included where fp32 would run them. Without bf16 units (an AVX2-only CPU) PyTorch emulates
     bf16 arithmetic: its convolutions are several times slower than fp32 ones (9-11x on a 2-core
     AMD EPYC with oneDNN held to AVX2), so a first round of one layout settles that case before
     the other candidates take a minute to time."""
@@ -285,8 +285,17 @@ def choose_precision(device: torch.device | str, requested: str, channels_last: 
         return PrecisionChoice("no", requested, {k: round(v, 2) for k, v in screen.items()})
     low = choose_kernels(device, dtype, channels_last, family, winograd)
     full = choose_kernels(device, torch.float32, channels_last, family, winograd)
-    chosen = requested if low.probe_ms <= full.probe_ms else "no"
-    return PrecisionChoice(chosen, requested, {requested: low.probe_ms, "fp32": full.probe_ms})
+    timings = {requested: low.probe_ms, "fp32": full.probe_ms}
+    if full.conv_kernel != "direct":
+        # the fp32 step would run its convolutions by Winograd, which the layout probe does not:
+        # time both dtypes again with the kernels each would use (on the 2-core Zen 4 EPYC, no
+        # AMX, Winograd's fused transforms brought whole fp32 steps within 0.92-1.07 of bf16 ones)
+        shape = _probe_shape(device, family)
+        timings = _median_ms({requested: _probe(device, dtype, low.channels_last, low.norm_kernel, family),
+                              "fp32": _training_pass(lambda: PROBES[family](shape[1]), shape, device, torch.float32,
+                                                     full.channels_last, full.norm_kernel, full.conv_kernel)}, device)
+    chosen = requested if timings[requested] <= timings["fp32"] else "no"
+    return PrecisionChoice(chosen, requested, {k: round(v, 2) for k, v in timings.items()})
 
 
 def to_channels_last(net: nn.Module) -> None:

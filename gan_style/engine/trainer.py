@@ -293,8 +293,9 @@ class Trainer:
         state = PartialState(cpu=_use_cpu())
         precision = _measured_on_main(state, lambda: choose_precision(state.device, requested, *self._kernel_settings()))
         if precision.fell_back and state.is_main_process:
-            log.warning("train.mixed_precision=%s is slower than fp32 on this %s (a training pass: %.0f ms against %.0f ms: "
-                        "no fast %s kernels here), so this run trains in fp32; train.precision_fallback=false keeps %s",
+            log.warning("train.mixed_precision=%s is slower than fp32 on this %s (a training pass: %.0f ms against %.0f ms, "
+                        "each in its fastest kernels: no fast %s units here, or fp32 Winograd convolutions), so this run "
+                        "trains in fp32; train.precision_fallback=false keeps %s",
                         requested, state.device.type.upper() if state.device.type == "cpu" else state.device,
                         precision.timings_ms[requested], precision.timings_ms["fp32"], requested, requested)
         return precision
