@@ -2,9 +2,10 @@
 
 Optional by design: where no compiler is found, or it fails, :func:`compile_library` returns None
 (logged once) and the callers keep their PyTorch path. The library is built for the CPU it runs
-on (``-march=native``) and cached under ``$GAN_STYLE_CACHE`` (default ``~/.cache/gan_style``)
-in ``native/``, keyed by the source, the flags, the compiler and the CPU's model and flags, so a
-home directory shared by machines of different CPUs never loads one built for another.
+on (``-march=native``) and cached in ``native/`` under the package's cache directory
+(``$GAN_STYLE_CACHE``, else ``$XDG_CACHE_HOME/gan_style``, else ``~/.cache/gan_style``), keyed
+by the source, the flags, the compiler and the CPU's model and flags, so a home directory shared
+by machines of different CPUs never loads one built for another.
 ``GAN_STYLE_NATIVE=0`` turns the kernels off.
 
 It links the OpenMP runtime PyTorch has already loaded (``libgomp.so.1`` of Linux wheels, by its
@@ -35,7 +36,9 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("GAN_STYLE_CACHE") or Path.home() / ".cache" / "gan_style") / "native"
+    from gan_style.data.demo import default_cache_dir  # the one cache root of the package
+
+    return default_cache_dir() / "native"
 
 
 def _cpu_identity() -> str:
