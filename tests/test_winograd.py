@@ -244,8 +244,8 @@ def test_the_native_loader_falls_back_and_keys_its_cache(tmp_path, monkeypatch, 
     with caplog.at_level("WARNING", logger="gan_style.nn.native"):
         assert native.compile_library("probe_missing", source) is None
     assert "PyTorch path runs instead" in caplog.text
-    if native._compiler() is None or not shutil.which("cc"):
-        pytest.skip("no C compiler here")
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler here (cc)")
     monkeypatch.setenv("CC", shutil.which("cc"))
     with caplog.at_level("WARNING", logger="gan_style.nn.native"):
         assert native.compile_library("probe_broken", "this is not C") is None
