@@ -5,7 +5,7 @@
 A shape is NxC_INxC_OUTxSIDE[xKERNEL] (kernel side 3 unless given; zero padding 1, stride 1, with
 bias). Prints the median milliseconds of a forward and backward pass (input, weight and bias
 gradients) by the direct convolution and by each Winograd form for the kernel
-(gan_style.nn.winograd: F(4x4, 3x3) and F(2x2, 3x3); F(3x3, 4x4)), the default form's PyTorch path
+(gan_style.nn.winograd: F(4x4, 3x3) and F(2x2, 3x3); F(3x3, 4x4); F(4x4, 5x5)), the default form's PyTorch path
 ("torch") beside its fused C transforms where those run, the time ratios to the direct
 convolution, and each one's largest error relative to the largest float64 value (output and
 gradients).
@@ -47,7 +47,7 @@ def parse_shape(shape: str) -> tuple[int, int, int, int, int]:
         sys.exit(f"error: --shapes {shape!r}: expected NxC_INxC_OUTxSIDE or NxC_INxC_OUTxSIDExKERNEL, positive integers (e.g. 1x256x256x32)")
     n, c_in, c_out, side, kernel = (int(v) for v in (fields + ["3"])[:5])
     if kernel not in OUTPUT_TILES:
-        sys.exit(f"error: --shapes {shape!r}: kernel side {kernel}; Winograd here takes {' or '.join(map(str, OUTPUT_TILES))}")
+        sys.exit(f"error: --shapes {shape!r}: kernel side {kernel}; Winograd here takes {', '.join(map(str, OUTPUT_TILES))}")
     return n, c_in, c_out, side, kernel
 
 

@@ -23,8 +23,8 @@ candidate configuration and keeps the fastest:
 
 Then, for fp32 steps on the CPU and the ResNet family, the convolution kernel, timed on one
 256-channel residual block in the chosen layout: PyTorch's direct convolution ("direct"), or
-Winograd's F(4x4, 3x3) for the wide stride-1 3x3 layers and F(3x3, 4x4) for the PatchGAN
-discriminators' stride-1 4x4 ones ("winograd", ``gan_style.nn.layers.Conv2d``,
+Winograd's F(4x4, 3x3) for the wide stride-1 3x3 layers, F(3x3, 4x4) for the PatchGAN
+discriminators' stride-1 4x4 ones and, on the fused path, F(4x4, 5x5) for MUNIT's decoder ("winograd", ``gan_style.nn.layers.Conv2d``,
 ``gan_style.nn.winograd``): 4x fewer multiplications, about the direct convolution's error. Where
 the direct convolutions already run at the fp32 matmul peak it is the only way to a faster fp32
 step. GPUs keep "direct": cuDNN picks its own Winograd kernels.
@@ -83,10 +83,10 @@ class KernelChoice:
 
     def describe(self) -> str:
         layout = "channels-last" if self.channels_last else "contiguous (NCHW)"
-        conv = self.conv_kernel
-        if conv == "winograd" and self.channels_last and fused_winograd_available():
-            conv += " (fused C transforms)"
-        return f"{layout}, {self.norm_kernel} instance norm, {conv} 3x3 and 4x4 convolutions"
+        convs = f"{self.conv_kernel} 3x3 and 4x4 convolutions"
+        if self.conv_kernel == "winograd" and self.channels_last and fused_winograd_available():
+            convs = "winograd (fused C transforms) 3x3, 4x4 and 5x5 convolutions"
+        return f"{layout}, {self.norm_kernel} instance norm, {convs}"
 
 
 def _candidate_name(channels_last: bool, norm_kernel: str) -> str:

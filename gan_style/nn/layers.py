@@ -54,17 +54,18 @@ class ReplicationPad2d(_PadsInItsInputDtype, nn.ReplicationPad2d):
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict keys) whose stride-1 3x3 and 4x4 forms can run as a
-    Winograd convolution (``gan_style.nn.winograd``) in fp32 steps.
+    """``nn.Conv2d`` (same parameters and state-dict keys) whose stride-1 3x3, 4x4 and 5x5 forms can run
+    as a Winograd convolution (``gan_style.nn.winograd``) in fp32 steps.
 
     ``kernel`` is set by the trainer from a measurement (gan_style.engine.kernels): "direct"
     (PyTorch's convolution; the default, so networks built outside a trainer, as
     ``gan_style.load`` builds them for inference, run directly) or
-    "winograd": F(4x4, 3x3), or F(3x3, 4x4) for the PatchGAN discriminators' 4x4 kernels, for an
-    fp32 input outside autocast, when both widths are at least
+    "winograd": F(4x4, 3x3), F(3x3, 4x4) for the PatchGAN discriminators' 4x4 kernels, or F(4x4,
+    5x5) for MUNIT's decoder (on the fused path only), for an fp32 input outside autocast, when both
+    widths are at least
     ``WINOGRAD_MIN_CHANNELS[side]`` (narrower layers on large maps move more data than they save in
     multiplications; ``WINOGRAD_MIN_CHANNELS_FUSED`` where the fused C transforms run, which move
-    less), with zero or no padding; every other case runs directly.
+    less), with the same zero padding on both sides; every other case runs directly.
     """
 
     kernel: str = "direct"
@@ -78,14 +79,14 @@ class Conv2d(nn.Conv2d):
 
     def _winograd_applies(self, x: Tensor) -> bool:
         side = self.kernel_size[0]
-        if not (self.kernel_size == (side, side) and side in WINOGRAD_MIN_CHANNELS and self.stride == (1, 1)
+        if not (self.kernel_size == (side, side) and side in WINOGRAD_MIN_CHANNELS_FUSED and self.stride == (1, 1)
                 and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and self.padding in ((0, 0), (1, 1))
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not autocast_on(x)):
             return False
         from gan_style.nn.winograd import fused_transforms_apply
 
         narrowest = WINOGRAD_MIN_CHANNELS_FUSED if fused_transforms_apply(x, self.weight) else WINOGRAD_MIN_CHANNELS
-        return min(self.in_channels, self.out_channels) >= narrowest[side]
+        return side in narrowest and min(self.in_channels, self.out_channels) >= narrowest[side]
 
 
 #: the narrowest layer :class:`Conv2d` runs by Winograd, per kernel side. Forward + backward time
@@ -98,8 +99,10 @@ class Conv2d(nn.Conv2d):
 WINOGRAD_MIN_CHANNELS = {3: 128, 4: 64}
 #: the same where the fused C transforms run (gan_style.nn.winograd_kernels.c; docs/speed.md,
 #: session h; Zen 4 EPYC, 2 threads, against the direct convolution): 64->128 at 128x128 0.65,
-#: 128->64 0.61, 4x4 256->512 at 16x16 batch 1 0.63
-WINOGRAD_MIN_CHANNELS_FUSED = {3: 64, 4: 64}
+#: 128->64 0.61, 4x4 256->512 at 16x16 batch 1 0.63. 5x5 kernels (MUNIT's decoder) by F(4x4, 5x5)
+#: only there: 256->128 at 64x64 0.38-0.49, 128->64 at 128x128 0.60 (batch 1) and 0.90 (batch 2);
+#: a MUNIT fp32 step 0.89-0.94 of its time without them
+WINOGRAD_MIN_CHANNELS_FUSED = {3: 64, 4: 64, 5: 64}
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):

@@ -1,12 +1,13 @@
-"""Winograd convolution F(m x m, r x r) for the stride-1 3x3 and 4x4 convolutions of fp32 training steps.
+"""Winograd convolution F(m x m, r x r) for the stride-1 3x3, 4x4 and 5x5 convolutions of fp32 training steps.
 
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016): an m x m output
 tile of an r x r convolution is ``A^T [(G g G^T) * (B^T d B)] A`` for the (m+r-1) x (m+r-1)
 input tile ``d`` and the kernel ``g``. Over all tiles and channels the elementwise product
 becomes (m+r-1)^2 independent matrix products (tiles x C_in) @ (C_in x C_out), and the backward
-(input and weight gradients) is the same products transposed. Both forms used here have 6x6
-tiles, so 36 multiplications per output tile: F(4x4, 3x3), 16 outputs, instead of 144, and
-F(3x3, 4x4), 9 outputs, instead of 144: 4x fewer FLOPs than the direct convolution either way.
+(input and weight gradients) is the same products transposed. F(4x4, 3x3) and F(3x3, 4x4) have
+6x6 tiles, so 36 multiplications per output tile: 16 outputs instead of 144, and 9 outputs instead
+of 144: 4x fewer FLOPs than the direct convolution either way. F(4x4, 5x5), for MUNIT's decoder,
+has 8x8 tiles: 64 multiplications for 16 outputs instead of 400, 6.25x fewer.
 
 Why: in fp32 the direct convolutions of a CycleGAN step already run at the machine's matmul
 peak (docs/speed.md), so fewer FLOPs is the only way left to a faster fp32 step; its 256-channel
@@ -19,17 +20,18 @@ Numerics: with the interpolation points chosen below, F(4x4, 3x3)'s error is ~3e
 output's largest value, about the direct convolution's ~2e-6 (``tests/test_winograd.py`` bounds
 both the forward and the gradients); TF32, which the CycleGAN/CUT references use for their
 convolutions on Ampere GPUs by default (next to cuDNN's own Winograd kernels, picked by
-``cudnn.benchmark``), is ~1e-3. F(2x2, 3x3) (``output_tile=2``) does 2.25x fewer multiplications
-than the direct convolution, and was slower here. The trainer uses Winograd where measured
+``cudnn.benchmark``), is ~1e-3. F(4x4, 5x5), on eight points, is ~1e-5, 3-5x the direct
+convolution's. F(2x2, 3x3) (``output_tile=2``) does 2.25x fewer multiplications than the direct
+convolution, and was slower here. The trainer uses Winograd where measured
 faster (``train.winograd``).
 
 Two implementations of the same products. Where a C compiler is found (``gan_style.nn.native``),
-fp32 channels-last layers of 6x6 tiles run ``_NativeWinogradConv``: each transform fused with its
+fp32 channels-last layers run ``_NativeWinogradConv``: each transform fused with its
 gather or scatter in ``winograd_kernels.c`` (one pass over memory; the zero padding and the partial
 edge tiles read as zeros, the output written cropped), the products by ``torch.bmm``. The
 transforms had been a third of a FastCUT fp32 step, memory-bound; fused, a 256-channel 32x32 layer
 takes 0.45 of the direct convolution's time instead of 0.61, and the 64-channel layers on 128x128
-maps pay too (docs/speed.md, session h). Everywhere else ``_WinogradConv``: the tiles gathered and
+maps pay too, as does F(4x4, 5x5) (docs/speed.md, session h). Everywhere else ``_WinogradConv``: the tiles gathered and
 the transforms applied as matrix products over flattened tiles (Kronecker products of the 1-D
 transforms), so every step is one large PyTorch op. Both recompute the weight transform in the
 backward instead of keeping it (it is 4x the weight: ~1 GB over a CycleGAN step's graph). A
@@ -82,10 +84,14 @@ def _toom_cook(m: int, r: int, points: tuple[Fraction, ...]) -> tuple[list[list[
 # Gray's 0, +-1, +-2: F(4, 3)'s error falls from ~7e-6 to ~2.6e-6 of the output's largest value,
 # about the direct convolution's (Barabasz et al., "Error Analysis and Improving the Accuracy of
 # Winograd Convolution for Deep Neural Networks", 2020, choose points the same way). Forms with
-# the same points share B^T. tests/test_winograd.py checks each form exactly.
-_POINTS = {4: (0, 1, -1), 6: (0, 1, -1, Fraction(1, 2), -2)}
-#: the output tiles offered per kernel side; the first is the default
-OUTPUT_TILES = {3: (4, 2), 4: (3,)}
+# the same points share B^T. The eight-point form adds -1/2 and 2: 0, +-1, +-1/2, +-2 (with +-3/2
+# instead of +-2 the error was the same or larger). tests/test_winograd.py checks each form exactly.
+_POINTS = {4: (0, 1, -1), 6: (0, 1, -1, Fraction(1, 2), -2), 8: (0, 1, -1, Fraction(1, 2), Fraction(-1, 2), 2, -2)}
+#: the output tiles offered per kernel side; the first is the default. F(4x4, 5x5) (MUNIT's
+#: decoder) has 8x8 tiles, 6.25x fewer multiplications than the direct convolution, and ~1e-5 error
+OUTPUT_TILES = {3: (4, 2), 4: (3,), 5: (4,)}
+#: the forms (m, r) winograd_kernels.c implements, named there by r
+_FUSED_FORMS = ((4, 3), (3, 4), (4, 5))
 _TRANSFORMS = {(m, r): _toom_cook(m, r, tuple(Fraction(p) for p in _POINTS[m + r - 1])) for r, tiles in OUTPUT_TILES.items() for m in tiles}
 
 
@@ -250,32 +256,29 @@ def _c_matrix(name: str, rows: list[list[Fraction]], columns: int) -> str:
 
 @functools.cache
 def _native() -> ctypes.CDLL | None:
-    """The fused transforms of ``winograd_kernels.c`` for F(4x4, 3x3) and F(3x3, 4x4), compiled for
+    """The fused transforms of ``winograd_kernels.c`` for F(4x4, 3x3), F(3x3, 4x4) and F(4x4, 5x5), compiled for
     this CPU (gan_style.nn.native), or None: the PyTorch path below runs instead."""
-    (input_t, kernel_3, output_4), (_, kernel_4, output_3) = _TRANSFORMS[4, 3], _TRANSFORMS[3, 4]
-    assert input_t == _TRANSFORMS[3, 4][0]  # one B^T for both forms
-    coefficients = (_c_matrix("BT", input_t, 6) + _c_matrix("G3", kernel_3, 4) + _c_matrix("G4", kernel_4, 4)
-                    + _c_matrix("AT4", output_4, 6) + _c_matrix("AT3", output_3, 6))
+    coefficients = "".join(_c_matrix(f"BT{r}", _TRANSFORMS[m, r][0], 8) + _c_matrix(f"G{r}", _TRANSFORMS[m, r][1], 5)
+                           + _c_matrix(f"AT{r}", _TRANSFORMS[m, r][2], 8) for m, r in _FUSED_FORMS)
     library = compile_library("winograd_kernels", coefficients + Path(__file__).with_name("winograd_kernels.c").read_text())
     if library is None:
         return None
     pointer, integer = ctypes.c_void_p, ctypes.c_int64
-    signatures = {"gs_input_transform": [pointer, pointer] + [integer] * 9, "gs_input_gradient": [pointer, pointer] + [integer] * 10}
-    for m in (4, 3):
-        signatures[f"gs_output_transform_{m}"] = [pointer] * 3 + [integer] * 6
-        signatures[f"gs_output_gradient_{m}"] = [pointer] * 2 + [integer] * 6
-        signatures[f"gs_kernel_transform_{7 - m}"] = [pointer] * 2 + [integer] * 2
-        signatures[f"gs_kernel_gradient_{7 - m}"] = [pointer] * 2 + [integer] * 2
+    signatures = {}
+    for _, r in _FUSED_FORMS:
+        signatures |= {f"gs_input_transform_{r}": [pointer] * 2 + [integer] * 8, f"gs_input_gradient_{r}": [pointer] * 2 + [integer] * 9,
+                       f"gs_output_transform_{r}": [pointer] * 3 + [integer] * 6, f"gs_output_gradient_{r}": [pointer] * 2 + [integer] * 6,
+                       f"gs_kernel_transform_{r}": [pointer] * 2 + [integer] * 2, f"gs_kernel_gradient_{r}": [pointer] * 2 + [integer] * 2}
     for name, arguments in signatures.items():
         getattr(library, name).argtypes, getattr(library, name).restype = arguments, None
     return library
 
 
 def _native_applies(x: Tensor, weight: Tensor, m: int) -> bool:
-    """The fused kernels take fp32 channels-last images on the CPU, 6x6 tiles, and widths in
+    """The fused kernels take fp32 channels-last images on the CPU, their forms, and widths in
     multiples of 16 (every Winograd layer of the networks here)."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and is_channels_last(x) and x.dim() == 4
-            and m + weight.shape[2] == 7 and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0 and _native() is not None)
+            and (m, weight.shape[2]) in _FUSED_FORMS and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0 and _native() is not None)
 
 
 def fused_winograd_available() -> bool:
@@ -306,15 +309,15 @@ class _NativeWinogradConv(torch.autograd.Function):
         c_out, r = weight.shape[0], weight.shape[2]
         out_h, out_w = height + 2 * padding - r + 1, width + 2 * padding - r + 1
         th, tw = -(-out_h // m), -(-out_w // m)
-        tiles = n * th * tw
+        tiles, a = n * th * tw, m + r - 1
         result = torch.empty((n, c_out, out_h, out_w), memory_format=torch.channels_last)
-        transformed = torch.empty(36, tiles, c_in)  # V = B^T d B
-        library.gs_input_transform(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, m, padding, padding)
-        products = torch.bmm(transformed, _native_kernel_transform(library, weight).transpose(1, 2))  # M = U * V
+        transformed = torch.empty(a * a, tiles, c_in)  # V = B^T d B
+        getattr(library, f"gs_input_transform_{r}")(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, padding, padding)
+        products = torch.bmm(transformed, _native_kernel_transform(library, weight, a).transpose(1, 2))  # M = U * V
         del transformed
         if bias is not None:
             bias = bias.contiguous()
-        getattr(library, f"gs_output_transform_{m}")(products.data_ptr(), bias.data_ptr() if bias is not None else None,
+        getattr(library, f"gs_output_transform_{r}")(products.data_ptr(), bias.data_ptr() if bias is not None else None,
                                                      result.data_ptr(), n, out_h, out_w, c_out, th, tw)
         ctx.save_for_backward(x, weight)  # V is recomputed: it is 2.25x the input
         ctx.m, ctx.padding, ctx.has_bias = m, padding, bias is not None
@@ -332,38 +335,39 @@ class _NativeWinogradConv(torch.autograd.Function):
         c_out, r = weight.shape[0], weight.shape[2]
         out_h, out_w = grad_out.shape[2:]
         th, tw = -(-out_h // m), -(-out_w // m)
-        tiles = n * th * tw
+        tiles, a = n * th * tw, m + r - 1
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-        grad_products = torch.empty(36, tiles, c_out)  # A gY A^T
-        getattr(library, f"gs_output_gradient_{m}")(grad_out.data_ptr(), grad_products.data_ptr(), n, out_h, out_w, c_out, th, tw)
+        grad_products = torch.empty(a * a, tiles, c_out)  # A gY A^T
+        getattr(library, f"gs_output_gradient_{r}")(grad_out.data_ptr(), grad_products.data_ptr(), n, out_h, out_w, c_out, th, tw)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:  # the weight's gradient (kept until the optimiser step) first, as in _WinogradConv
             grad_weight = torch.empty_like(weight, memory_format=torch.channels_last)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_products[7].sum(0)  # the point 1 in both directions: A^T's all-ones column
+            grad_bias = grad_products[a + 1].sum(0)  # the point 1 in both directions: A^T's all-ones column
         if ctx.needs_input_grad[1]:
-            transformed = torch.empty(36, tiles, c_in)
-            library.gs_input_transform(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, m, padding, padding)
-            grad_kernel = torch.bmm(grad_products.transpose(1, 2), transformed)  # (36, C_out, C_in)
+            transformed = torch.empty(a * a, tiles, c_in)
+            getattr(library, f"gs_input_transform_{r}")(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, padding, padding)
+            grad_kernel = torch.bmm(grad_products.transpose(1, 2), transformed)  # (a², C_out, C_in)
             del transformed
             getattr(library, f"gs_kernel_gradient_{r}")(grad_kernel.data_ptr(), grad_weight.data_ptr(), c_out, c_in)
             del grad_kernel
             if not is_channels_last(weight):
                 grad_weight = grad_weight.contiguous()
         if ctx.needs_input_grad[0]:
-            grad_transformed = torch.bmm(grad_products, _native_kernel_transform(library, weight))  # (36, tiles, C_in)
+            grad_transformed = torch.bmm(grad_products, _native_kernel_transform(library, weight, a))  # (a², tiles, C_in)
             del grad_products
             grad_input = torch.empty_like(x, memory_format=torch.channels_last)
             block = next(b for b in (64, 32, 16) if c_in % b == 0 and (n * c_in // b >= 2 * torch.get_num_threads() or b == 16))
-            library.gs_input_gradient(grad_transformed.data_ptr(), grad_input.data_ptr(), n, height, width, c_in, th, tw, m, padding, padding, block)
+            getattr(library, f"gs_input_gradient_{r}")(grad_transformed.data_ptr(), grad_input.data_ptr(), n, height, width, c_in, th, tw,
+                                                       padding, padding, block)
         return grad_input, grad_weight, grad_bias, None, None
 
 
-def _native_kernel_transform(library: ctypes.CDLL, weight: Tensor) -> Tensor:
-    """U = G g G^T as (36, C_out, C_in)."""
+def _native_kernel_transform(library: ctypes.CDLL, weight: Tensor, a: int) -> Tensor:
+    """U = G g G^T as (a², C_out, C_in)."""
     c_out, c_in, r = weight.shape[:3]
     weight = _channels_last_weight(weight)
-    transformed = torch.empty(36, c_out, c_in)
+    transformed = torch.empty(a * a, c_out, c_in)
     getattr(library, f"gs_kernel_transform_{r}")(weight.data_ptr(), transformed.data_ptr(), c_out, c_in)
     return transformed
 
@@ -377,7 +381,8 @@ def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, paddi
     apply (None, the default) or never (False); the PyTorch path otherwise."""
     r = weight.shape[2]
     if weight.shape[3] != r or r not in OUTPUT_TILES:
-        raise ValueError(f"winograd_conv2d needs a square kernel of side {' or '.join(map(str, OUTPUT_TILES))}, got {tuple(weight.shape[2:])}")
+        *others, last = OUTPUT_TILES
+        raise ValueError(f"winograd_conv2d needs a square kernel of side {', '.join(map(str, others))} or {last}, got {tuple(weight.shape[2:])}")
     m = output_tile or OUTPUT_TILES[r][0]
     if m not in OUTPUT_TILES[r]:
         raise ValueError(f"output_tile for a {r}x{r} kernel must be one of {OUTPUT_TILES[r]}, got {output_tile}")

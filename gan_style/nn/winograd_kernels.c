@@ -3,20 +3,23 @@
    One pass over memory per transform: the PyTorch path gathers the tiles in one copy and
    transforms them in a second, and writes the output tiles with a third (docs/speed.md, session
    g: the transforms were a third of a FastCUT fp32 step, memory-bound). Lavin & Gray (2016),
-   eq. (8): Y = A^T [(G g G^T) * (B^T d B)] A, for 6x6 tiles: F(4x4, 3x3) and F(3x3, 4x4).
+   eq. (8): Y = A^T [(G g G^T) * (B^T d B)] A, for a x a tiles, a = m + r - 1: F(4x4, 3x3) and
+   F(3x3, 4x4) on 6x6 tiles, F(4x4, 5x5) on 8x8 ones. A form is named by its kernel side r.
 
-   Layouts (fp32): images channels-last (N, H, W, C); the transformed tiles (36, tiles, C), the
+   Layouts (fp32): images channels-last (N, H, W, C); the transformed tiles (a², tiles, C), the
    order the batched matrix products read them; weights channels-last (C_out, r, r, C_in) and their
-   transforms (36, C_out, C_in). C is a multiple of 16 (one AVX-512 vector; two AVX2 ones).
-   The coefficients BT (6x6), G3 (6x3), AT4 (4x6), G4 (6x4) and AT3 (3x6) are prepended by the
-   loader (gan_style.nn.winograd), computed from the interpolation points there, so each
-   transform is a fixed sum the compiler writes out with its zero terms skipped. */
+   transforms (a², C_out, C_in). C is a multiple of 16 (one AVX-512 vector; two AVX2 ones).
+   The coefficients BT<r> (a x a), G<r> (a x r) and AT<r> (m x a), padded to AMAX or RMAX
+   columns, are prepended by the loader (gan_style.nn.winograd), computed from the interpolation
+   points there, so each transform is a fixed sum the compiler writes out with its zero terms
+   skipped. */
 
 #include <stdint.h>
 #include <string.h>
 
 typedef int64_t i64;
-#define A 6 /* tile side: m + r - 1 for both forms */
+#define AMAX 8 /* the largest tile side */
+#define RMAX 5 /* the largest kernel side */
 #define L 16 /* channels per vector step */
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
@@ -62,91 +65,83 @@ INLINE void store(float *p, vec v) { memcpy(p, &v, sizeof v); }
         (out)[i_][j_] = acc_;                                                                   \
     }
 
-/* V = B^T d B for the 6x6 tile at stride m of the zero-padded input; the tiles in row-major order
-   over (N, th, tw). */
-void gs_input_transform(const float *restrict x, float *restrict v, i64 n, i64 h, i64 w, i64 c,
-                        i64 th, i64 tw, i64 m, i64 pad_top, i64 pad_left)
+/* The transforms are written once, for one tile (or one output channel, for the weights), with
+   the form's sizes and coefficients as arguments; the exported functions of each form (FORM below)
+   run them over all tiles with constants, so the constants reach the code OpenMP outlines (a form
+   passed through a parallel region's arguments would be a runtime value there, its zero terms
+   kept and its loops rolled). */
+#define FOR_EACH(count, body) _Pragma("omp parallel for schedule(static)") for (i64 it_ = 0; it_ < (count); it_++) body
+
+/* V = B^T d B for tile t (row-major over (N, th, tw)) at stride m of the zero-padded input */
+INLINE void input_tile(const int a, const float (*bt)[AMAX], const float *restrict x, float *restrict v,
+                       i64 n, i64 h, i64 w, i64 c, i64 th, i64 tw, i64 m, i64 pad_top, i64 pad_left, i64 t)
 {
-    const i64 tiles = n * th * tw;
-#pragma omp parallel for schedule(static)
-    for (i64 t = 0; t < tiles; t++) {
-        const i64 b = t / (th * tw), y0 = (t / tw) % th * m - pad_top, x0 = t % tw * m - pad_left;
-        const float *pixel[A][A];
-        for (int k = 0; k < A; k++)
-            for (int l = 0; l < A; l++) {
-                const i64 y = y0 + k, xx = x0 + l;
-                pixel[k][l] = (y >= 0 && y < h && xx >= 0 && xx < w) ? x + ((b * h + y) * w + xx) * c : NULL;
-            }
-        for (i64 c0 = 0; c0 < c; c0 += L) {
-            vec d[A][A], s[A][A], o[A][A];
-            for (int k = 0; k < A; k++)
-                for (int l = 0; l < A; l++) {
-                    d[k][l] = pixel[k][l] ? load(pixel[k][l] + c0) : (vec){0};
-                }
-            APPLY_LEFT(s, BT, d, A, A, A);
-            APPLY_RIGHT(o, s, BT, A, A, A);
-            for (int i = 0; i < A; i++)
-                for (int j = 0; j < A; j++)
-                    store(v + ((i * A + j) * tiles + t) * c + c0, o[i][j]);
+    const i64 tiles = n * th * tw, b = t / (th * tw), y0 = (t / tw) % th * m - pad_top, x0 = t % tw * m - pad_left;
+    const float *pixel[AMAX][AMAX];
+    for (int k = 0; k < a; k++)
+        for (int l = 0; l < a; l++) {
+            const i64 y = y0 + k, xx = x0 + l;
+            pixel[k][l] = (y >= 0 && y < h && xx >= 0 && xx < w) ? x + ((b * h + y) * w + xx) * c : NULL;
         }
+    for (i64 c0 = 0; c0 < c; c0 += L) {
+        vec d[AMAX][AMAX], s[AMAX][AMAX], o[AMAX][AMAX];
+        for (int k = 0; k < a; k++)
+            for (int l = 0; l < a; l++)
+                d[k][l] = pixel[k][l] ? load(pixel[k][l] + c0) : (vec){0};
+        APPLY_LEFT(s, bt, d, a, a, a);
+        APPLY_RIGHT(o, s, bt, a, a, a);
+        for (int i = 0; i < a; i++)
+            for (int j = 0; j < a; j++)
+                store(v + ((i * a + j) * tiles + t) * c + c0, o[i][j]);
     }
 }
 
-/* The adjoint of gs_input_transform, into gx (N, H, W, C): the overlapping tiles' B gV B^T summed.
-   Each task owns a block of channels of one image, so the overlaps need no atomics. */
-void gs_input_gradient(const float *restrict gv, float *restrict gx, i64 n, i64 h, i64 w, i64 c,
-                       i64 th, i64 tw, i64 m, i64 pad_top, i64 pad_left, i64 block)
+/* The adjoint of input_tile, into gx (N, H, W, C): the overlapping tiles' B gV B^T summed. Task
+   ``task`` owns a block of channels of one image, so the overlaps need no atomics. */
+INLINE void input_gradient_block(const int a, const float (*bt)[AMAX], const float *restrict gv, float *restrict gx,
+                                 i64 n, i64 h, i64 w, i64 c, i64 th, i64 tw, i64 m, i64 pad_top, i64 pad_left,
+                                 i64 block, i64 task)
 {
-    const i64 tiles = n * th * tw, blocks = c / block;
-#pragma omp parallel for schedule(static)
-    for (i64 task = 0; task < n * blocks; task++) {
-        const i64 b = task / blocks, cb = task % blocks * block;
-        for (i64 p = 0; p < h * w; p++)
-            memset(gx + (b * h * w + p) * c + cb, 0, block * sizeof(float));
-        for (i64 ti = 0; ti < th; ti++)
-            for (i64 tj = 0; tj < tw; tj++) {
-                const i64 t = (b * th + ti) * tw + tj, y0 = ti * m - pad_top, x0 = tj * m - pad_left;
-                for (i64 c0 = cb; c0 < cb + block; c0 += L) {
-                    vec g[A][A], s[A][A], d[A][A];
-                    for (int i = 0; i < A; i++)
-                        for (int j = 0; j < A; j++)
-                            g[i][j] = load(gv + ((i * A + j) * tiles + t) * c + c0);
-                    APPLY_LEFT_T(s, BT, g, A, A, A);
-                    APPLY_RIGHT_T(d, s, BT, A, A, A);
-                    for (int k = 0; k < A; k++) {
-                        const i64 y = y0 + k;
-                        if (y < 0 || y >= h) continue;
-                        for (int l = 0; l < A; l++) {
-                            const i64 xx = x0 + l;
-                            if (xx < 0 || xx >= w) continue;
-                            float *dst = gx + ((b * h + y) * w + xx) * c + c0;
-                            store(dst, load(dst) + d[k][l]);
-                        }
+    const i64 tiles = n * th * tw, blocks = c / block, b = task / blocks, cb = task % blocks * block;
+    for (i64 p = 0; p < h * w; p++)
+        memset(gx + (b * h * w + p) * c + cb, 0, block * sizeof(float));
+    for (i64 ti = 0; ti < th; ti++)
+        for (i64 tj = 0; tj < tw; tj++) {
+            const i64 t = (b * th + ti) * tw + tj, y0 = ti * m - pad_top, x0 = tj * m - pad_left;
+            for (i64 c0 = cb; c0 < cb + block; c0 += L) {
+                vec g[AMAX][AMAX], s[AMAX][AMAX], d[AMAX][AMAX];
+                for (int i = 0; i < a; i++)
+                    for (int j = 0; j < a; j++)
+                        g[i][j] = load(gv + ((i * a + j) * tiles + t) * c + c0);
+                APPLY_LEFT_T(s, bt, g, a, a, a);
+                APPLY_RIGHT_T(d, s, bt, a, a, a);
+                for (int k = 0; k < a; k++) {
+                    const i64 y = y0 + k;
+                    if (y < 0 || y >= h) continue;
+                    for (int l = 0; l < a; l++) {
+                        const i64 xx = x0 + l;
+                        if (xx < 0 || xx >= w) continue;
+                        float *dst = gx + ((b * h + y) * w + xx) * c + c0;
+                        store(dst, load(dst) + d[k][l]);
                     }
                 }
             }
-    }
+        }
 }
 
-/* The kernels below depend on the form (m, r); each is written once for one tile or one output
-   channel, and the exported functions run it over all of them with the form's constants, so the
-   constants reach the code OpenMP outlines (a form passed through a parallel region's arguments
-   would be a runtime value there, its zero terms kept and its loops rolled). */
-#define FOR_EACH(count, body) _Pragma("omp parallel for schedule(static)") for (i64 it_ = 0; it_ < (count); it_++) body
-
 /* Y = A^T M A (+ bias) for tile t into y (N, Ho, Wo, C), cropped at the bottom and right edges. */
-INLINE void output_tile(const int mt, const float (*at)[A], const float *restrict mm, const float *restrict bias,
+INLINE void output_tile(const int mt, const int a, const float (*at)[AMAX], const float *restrict mm, const float *restrict bias,
                         float *restrict y, i64 n, i64 ho, i64 wo, i64 c, i64 th, i64 tw, i64 t)
 {
     const i64 tiles = n * th * tw, b = t / (th * tw), y0 = (t / tw) % th * mt, x0 = t % tw * mt;
     for (i64 c0 = 0; c0 < c; c0 += L) {
         const vec shift = bias ? load(bias + c0) : (vec){0};
-        vec p[A][A], s[A][A], o[A][A];
-        for (int i = 0; i < A; i++)
-            for (int j = 0; j < A; j++)
-                p[i][j] = load(mm + ((i * A + j) * tiles + t) * c + c0);
-        APPLY_LEFT(s, at, p, mt, A, A);
-        APPLY_RIGHT(o, s, at, mt, A, mt);
+        vec p[AMAX][AMAX], s[AMAX][AMAX], o[AMAX][AMAX];
+        for (int i = 0; i < a; i++)
+            for (int j = 0; j < a; j++)
+                p[i][j] = load(mm + ((i * a + j) * tiles + t) * c + c0);
+        APPLY_LEFT(s, at, p, mt, a, a);
+        APPLY_RIGHT(o, s, at, mt, a, mt);
         for (int u = 0; u < mt && y0 + u < ho; u++)
             for (int q = 0; q < mt && x0 + q < wo; q++)
                 store(y + ((b * ho + y0 + u) * wo + x0 + q) * c + c0, o[u][q] + shift);
@@ -154,67 +149,74 @@ INLINE void output_tile(const int mt, const float (*at)[A], const float *restric
 }
 
 /* The adjoint of output_tile: gM = A gY A^T for tile t, gY zero past the edges. */
-INLINE void output_gradient_tile(const int mt, const float (*at)[A], const float *restrict gy, float *restrict gm,
+INLINE void output_gradient_tile(const int mt, const int a, const float (*at)[AMAX], const float *restrict gy, float *restrict gm,
                                  i64 n, i64 ho, i64 wo, i64 c, i64 th, i64 tw, i64 t)
 {
     const i64 tiles = n * th * tw, b = t / (th * tw), y0 = (t / tw) % th * mt, x0 = t % tw * mt;
     for (i64 c0 = 0; c0 < c; c0 += L) {
-        vec g[A][A], s[A][A], o[A][A];
+        vec g[AMAX][AMAX], s[AMAX][AMAX], o[AMAX][AMAX];
         for (int u = 0; u < mt; u++)
             for (int q = 0; q < mt; q++)
                 g[u][q] = y0 + u < ho && x0 + q < wo ? load(gy + ((b * ho + y0 + u) * wo + x0 + q) * c + c0) : (vec){0};
-        APPLY_LEFT_T(s, at, g, A, mt, mt);
-        APPLY_RIGHT_T(o, s, at, A, mt, A);
-        for (int i = 0; i < A; i++)
-            for (int j = 0; j < A; j++)
-                store(gm + ((i * A + j) * tiles + t) * c + c0, o[i][j]);
+        APPLY_LEFT_T(s, at, g, a, mt, mt);
+        APPLY_RIGHT_T(o, s, at, a, mt, a);
+        for (int i = 0; i < a; i++)
+            for (int j = 0; j < a; j++)
+                store(gm + ((i * a + j) * tiles + t) * c + c0, o[i][j]);
     }
 }
 
-/* U = G g G^T for output channel o: a channels-last weight (K, r, r, C) into (36, K, C). */
-INLINE void kernel_channel(const int r, const float (*g)[4], const float *restrict wt, float *restrict u,
+/* U = G g G^T for output channel o: a channels-last weight (K, r, r, C) into (a², K, C). */
+INLINE void kernel_channel(const int r, const int a, const float (*g)[RMAX], const float *restrict wt, float *restrict u,
                            i64 k, i64 c, i64 o)
 {
     for (i64 c0 = 0; c0 < c; c0 += L) {
-        vec e[A][A], s[A][A], x[A][A];
+        vec e[AMAX][AMAX], s[AMAX][AMAX], x[AMAX][AMAX];
         for (int i = 0; i < r; i++)
             for (int j = 0; j < r; j++)
                 e[i][j] = load(wt + ((o * r + i) * r + j) * c + c0);
-        APPLY_LEFT(s, g, e, A, r, r);
-        APPLY_RIGHT(x, s, g, A, r, A);
-        for (int i = 0; i < A; i++)
-            for (int j = 0; j < A; j++)
-                store(u + ((i * A + j) * k + o) * c + c0, x[i][j]);
+        APPLY_LEFT(s, g, e, a, r, r);
+        APPLY_RIGHT(x, s, g, a, r, a);
+        for (int i = 0; i < a; i++)
+            for (int j = 0; j < a; j++)
+                store(u + ((i * a + j) * k + o) * c + c0, x[i][j]);
     }
 }
 
 /* The adjoint of kernel_channel: dL/dg = G^T (dL/dU) G into a channels-last (K, r, r, C). */
-INLINE void kernel_gradient_channel(const int r, const float (*g)[4], const float *restrict gu, float *restrict gw,
+INLINE void kernel_gradient_channel(const int r, const int a, const float (*g)[RMAX], const float *restrict gu, float *restrict gw,
                                     i64 k, i64 c, i64 o)
 {
     for (i64 c0 = 0; c0 < c; c0 += L) {
-        vec e[A][A], s[A][A], x[A][A];
-        for (int i = 0; i < A; i++)
-            for (int j = 0; j < A; j++)
-                e[i][j] = load(gu + ((i * A + j) * k + o) * c + c0);
-        APPLY_LEFT_T(s, g, e, r, A, A);
-        APPLY_RIGHT_T(x, s, g, r, A, r);
+        vec e[AMAX][AMAX], s[AMAX][AMAX], x[AMAX][AMAX];
+        for (int i = 0; i < a; i++)
+            for (int j = 0; j < a; j++)
+                e[i][j] = load(gu + ((i * a + j) * k + o) * c + c0);
+        APPLY_LEFT_T(s, g, e, r, a, a);
+        APPLY_RIGHT_T(x, s, g, r, a, r);
         for (int i = 0; i < r; i++)
             for (int j = 0; j < r; j++)
                 store(gw + ((o * r + i) * r + j) * c + c0, x[i][j]);
     }
 }
 
-/* F(4x4, 3x3): m = 4, r = 3; F(3x3, 4x4): m = 3, r = 4. */
-#define FORM(m, r)                                                                                                  \
-    void gs_output_transform_##m(const float *mm, const float *bias, float *y, i64 n, i64 ho, i64 wo, i64 c, i64 th, i64 tw) \
-    { FOR_EACH(n * th * tw, output_tile(m, AT##m, mm, bias, y, n, ho, wo, c, th, tw, it_);) }                     \
-    void gs_output_gradient_##m(const float *gy, float *gm, i64 n, i64 ho, i64 wo, i64 c, i64 th, i64 tw)          \
-    { FOR_EACH(n * th * tw, output_gradient_tile(m, AT##m, gy, gm, n, ho, wo, c, th, tw, it_);) }                 \
+/* The exported functions of the form with kernel side r, output tile m, tile side a. */
+#define FORM(r, m, a)                                                                                               \
+    void gs_input_transform_##r(const float *x, float *v, i64 n, i64 h, i64 w, i64 c, i64 th, i64 tw, i64 pad_top,   \
+                                i64 pad_left)                                                                      \
+    { FOR_EACH(n * th * tw, input_tile(a, BT##r, x, v, n, h, w, c, th, tw, m, pad_top, pad_left, it_);) }         \
+    void gs_input_gradient_##r(const float *gv, float *gx, i64 n, i64 h, i64 w, i64 c, i64 th, i64 tw, i64 pad_top, \
+                               i64 pad_left, i64 block)                                                             \
+    { FOR_EACH(n * (c / block), input_gradient_block(a, BT##r, gv, gx, n, h, w, c, th, tw, m, pad_top, pad_left, block, it_);) } \
+    void gs_output_transform_##r(const float *mm, const float *bias, float *y, i64 n, i64 ho, i64 wo, i64 c, i64 th, i64 tw) \
+    { FOR_EACH(n * th * tw, output_tile(m, a, AT##r, mm, bias, y, n, ho, wo, c, th, tw, it_);) }                  \
+    void gs_output_gradient_##r(const float *gy, float *gm, i64 n, i64 ho, i64 wo, i64 c, i64 th, i64 tw)          \
+    { FOR_EACH(n * th * tw, output_gradient_tile(m, a, AT##r, gy, gm, n, ho, wo, c, th, tw, it_);) }              \
     void gs_kernel_transform_##r(const float *wt, float *u, i64 k, i64 c)                                         \
-    { FOR_EACH(k, kernel_channel(r, G##r, wt, u, k, c, it_);) }                                                  \
+    { FOR_EACH(k, kernel_channel(r, a, G##r, wt, u, k, c, it_);) }                                               \
     void gs_kernel_gradient_##r(const float *gu, float *gw, i64 k, i64 c)                                         \
-    { FOR_EACH(k, kernel_gradient_channel(r, G##r, gu, gw, k, c, it_);) }
+    { FOR_EACH(k, kernel_gradient_channel(r, a, G##r, gu, gw, k, c, it_);) }
 
-FORM(4, 3)
-FORM(3, 4)
+FORM(3, 4, 6) /* F(4x4, 3x3) */
+FORM(4, 3, 6) /* F(3x3, 4x4) */
+FORM(5, 4, 8) /* F(4x4, 5x5) */
