@@ -262,3 +262,21 @@ def test_the_native_loader_falls_back_and_keys_its_cache(tmp_path, monkeypatch, 
     monkeypatch.setattr(native, "_cpu_identity", lambda: "another CPU")
     native.compile_library("probe", source + "\n")
     assert len(list((tmp_path / "native").iterdir())) == 2
+
+
+@needs_fused
+def test_torch_compile_runs_the_fused_transforms_eagerly():
+    """train.compile=true: inductor must not trace the C kernels (they write through data_ptr(),
+    which it does not see; traced, the output was garbage), so they stay an eager island."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(), Conv2d(64, 64, 3, padding=1))
+    net = net.to(memory_format=torch.channels_last)
+    for conv in (net[0], net[2]):
+        conv.kernel = "winograd"
+    x = torch.randn(2, 64, 12, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
+    eager = net(x)
+    assert type(eager.grad_fn).__name__ == "_NativeWinogradConvBackward"
+    compiled = torch.compile(net)(x)
+    for ours, reference in zip((compiled, *torch.autograd.grad(compiled.square().sum(), [x, net[0].weight])),
+                               (eager, *torch.autograd.grad(eager.square().sum(), [x, net[0].weight])), strict=True):
+        assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-6)

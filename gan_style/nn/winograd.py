@@ -278,9 +278,11 @@ def _native_applies(x: Tensor, weight: Tensor, m: int) -> bool:
     """The fused kernels take fp32 channels-last images on the CPU, their forms, and widths in
     multiples of 16 (every Winograd layer of the networks here)."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and is_channels_last(x) and x.dim() == 4
-            and (m, weight.shape[2]) in _FUSED_FORMS and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0 and _native() is not None)
+            and (m, weight.shape[2]) in _FUSED_FORMS and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
+            and fused_winograd_available())
 
 
+@torch.compiler.assume_constant_result  # torch.compile: evaluated once, not traced (it may build the library)
 def fused_winograd_available() -> bool:
     """Whether the fused C transforms are built here (a C compiler, ``GAN_STYLE_NATIVE`` not 0)."""
     return _native() is not None
@@ -363,6 +365,11 @@ class _NativeWinogradConv(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None
 
 
+@torch.compiler.disable  # torch.compile must not trace it: the C kernels write through data_ptr(), unseen by inductor
+def _fused_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, m: int) -> Tensor:
+    return _NativeWinogradConv.apply(x, weight, bias, padding, m)
+
+
 def _native_kernel_transform(library: ctypes.CDLL, weight: Tensor, a: int) -> Tensor:
     """U = G g G^T as (a², C_out, C_in)."""
     c_out, c_in, r = weight.shape[:3]
@@ -387,7 +394,7 @@ def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, paddi
     if m not in OUTPUT_TILES[r]:
         raise ValueError(f"output_tile for a {r}x{r} kernel must be one of {OUTPUT_TILES[r]}, got {output_tile}")
     if native is not False and _native_applies(x, weight, m):
-        return _NativeWinogradConv.apply(x, weight, bias, padding, m)
+        return _fused_conv(x, weight, bias, padding, m)
     height, width = x.shape[2] + 2 * padding - r + 1, x.shape[3] + 2 * padding - r + 1
     extra_h, extra_w = -height % m, -width % m
     if padding or extra_h or extra_w:  # the zero padding, and whole tiles past the bottom/right edges
