@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gan_style.nn.winograd import OUTPUT_TILES, _native_applies, winograd_conv2d
+from gan_style.nn.winograd import OUTPUT_TILES, fused_transforms_apply, winograd_conv2d
 
 DEFAULT_SHAPES = ("1x256x256x32", "2x256x256x32", "1x256x256x64", "1x128x256x64", "1x256x128x64", "1x64x128x128", "1x128x64x128",
                   "2x64x128x64x4", "2x128x256x32x4", "2x256x512x16x4", "1x256x512x16x4")
@@ -65,7 +65,7 @@ def time_layer(shape: str, memory_format: torch.memory_format, generator: torch.
     convolutions = {"direct": lambda: F.conv2d(x, weight, bias, padding=1)}
     for tile in OUTPUT_TILES[kernel]:
         convolutions[f"F({tile}x{tile})"] = lambda tile=tile: winograd_conv2d(x, weight, bias, 1, tile)
-    if _native_applies(x, weight, OUTPUT_TILES[kernel][0]):  # the fused C transforms, and the PyTorch path beside them
+    if fused_transforms_apply(x, weight):  # the fused C transforms, and the PyTorch path beside them
         convolutions[f"F({OUTPUT_TILES[kernel][0]}x{OUTPUT_TILES[kernel][0]}) torch"] = lambda: winograd_conv2d(x, weight, bias, 1, native=False)
     line = f"{shape:>16}:"
     timings = {}

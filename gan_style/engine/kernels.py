@@ -154,12 +154,13 @@ def _training_pass(build: Callable[[], nn.Module], shape: tuple[int, int, int, i
     return step
 
 
-def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str, family: str) -> Callable[[], None]:
+def _probe(device: torch.device, dtype: torch.dtype, channels_last: bool, norm_kernel: str, family: str,
+           conv_kernel: str = "direct") -> Callable[[], None]:
     """A training pass through a small network of the method's family (``PROBES``), whose mix of
     widths and resolutions decides the layout (a single bottleneck layer did not: it picked NCHW
     for bf16 steps that ran 8-10 % faster channels-last)."""
     shape = _probe_shape(device, family)
-    return _training_pass(lambda: PROBES[family](shape[1]), shape, device, dtype, channels_last, norm_kernel, "direct")
+    return _training_pass(lambda: PROBES[family](shape[1]), shape, device, dtype, channels_last, norm_kernel, conv_kernel)
 
 
 def _conv_probe(device: torch.device, channels_last: bool, norm_kernel: str, conv_kernel: str) -> Callable[[], None]:
@@ -290,10 +291,9 @@ def choose_precision(device: torch.device | str, requested: str, channels_last: 
         # the fp32 step would run its convolutions by Winograd, which the layout probe does not:
         # time both dtypes again with the kernels each would use (on the 2-core Zen 4 EPYC, no
         # AMX, Winograd's fused transforms brought whole fp32 steps within 0.92-1.07 of bf16 ones)
-        shape = _probe_shape(device, family)
         timings = _median_ms({requested: _probe(device, dtype, low.channels_last, low.norm_kernel, family),
-                              "fp32": _training_pass(lambda: PROBES[family](shape[1]), shape, device, torch.float32,
-                                                     full.channels_last, full.norm_kernel, full.conv_kernel)}, device)
+                              "fp32": _probe(device, torch.float32, full.channels_last, full.norm_kernel, family, full.conv_kernel)},
+                             device)
     chosen = requested if timings[requested] <= timings["fp32"] else "no"
     return PrecisionChoice(chosen, requested, {k: round(v, 2) for k, v in timings.items()})
 

@@ -277,7 +277,7 @@ def _native() -> ctypes.CDLL | None:
 def _native_applies(x: Tensor, weight: Tensor, m: int) -> bool:
     """The fused kernels take fp32 channels-last images on the CPU, their forms, and widths in
     multiples of 16 (every Winograd layer of the networks here)."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and is_channels_last(x) and x.dim() == 4
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and is_channels_last(x)
             and (m, weight.shape[2]) in _FUSED_FORMS and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
             and fused_winograd_available())
 
@@ -292,11 +292,6 @@ def fused_transforms_apply(x: Tensor, weight: Tensor) -> bool:
     """Whether :func:`winograd_conv2d` with its default tile runs ``weight`` on ``x`` by the fused C transforms."""
     r = weight.shape[2]
     return r in OUTPUT_TILES and _native_applies(x, weight, OUTPUT_TILES[r][0])
-
-
-def _channels_last_weight(weight: Tensor) -> Tensor:
-    """The weight as (C_out, r, r, C_in) in memory: a view of a channels-last weight."""
-    return weight.permute(0, 2, 3, 1).contiguous()
 
 
 class _NativeWinogradConv(torch.autograd.Function):
@@ -371,9 +366,10 @@ def _fused_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, m:
 
 
 def _native_kernel_transform(library: ctypes.CDLL, weight: Tensor, a: int) -> Tensor:
-    """U = G g G^T as (a², C_out, C_in)."""
+    """U = G g G^T as (a², C_out, C_in), from the weight as (C_out, r, r, C_in) in memory (no copy of a
+    channels-last weight)."""
     c_out, c_in, r = weight.shape[:3]
-    weight = _channels_last_weight(weight)
+    weight = weight.permute(0, 2, 3, 1).contiguous()
     transformed = torch.empty(a * a, c_out, c_in)
     getattr(library, f"gs_kernel_transform_{r}")(weight.data_ptr(), transformed.data_ptr(), c_out, c_in)
     return transformed

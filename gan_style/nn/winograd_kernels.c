@@ -32,36 +32,24 @@ typedef float vec __attribute__((vector_size(L * sizeof(float))));
 INLINE vec load(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 INLINE void store(float *p, vec v) { memcpy(p, &v, sizeof v); }
 
-/* out[i][l] = sum_k T[i][k] in[k][l] for a compile-time T (rows x depth): a zero coefficient's
-   term is dropped when the loops are unrolled */
-#define APPLY_LEFT(out, T, in, rows, depth, cols)                                              \
+/* Coefficient (i, k) of T, or of its transpose: the transforms' adjoints apply T^T. */
+#define AS_IS(T, i, k) ((T)[i][k])
+#define TRANSPOSED(T, i, k) ((T)[k][i])
+
+/* out[i][l] = sum_k T(i, k) in[k][l] for a compile-time T (rows x depth, read through COEF): a
+   zero coefficient's term is dropped when the loops are unrolled */
+#define APPLY_LEFT(out, COEF, T, in, rows, depth, cols)                                        \
     UNROLL for (int i_ = 0; i_ < (rows); i_++) UNROLL for (int l_ = 0; l_ < (cols); l_++) {   \
         vec acc_ = {0};                                                                         \
-        UNROLL for (int k_ = 0; k_ < (depth); k_++) if ((T)[i_][k_] != 0.0f) acc_ += (T)[i_][k_] * (in)[k_][l_]; \
+        UNROLL for (int k_ = 0; k_ < (depth); k_++) if (COEF(T, i_, k_) != 0.0f) acc_ += COEF(T, i_, k_) * (in)[k_][l_]; \
         (out)[i_][l_] = acc_;                                                                   \
     }
 
-/* out[i][j] = sum_l in[i][l] T[j][l] */
-#define APPLY_RIGHT(out, in, T, rows, depth, cols)                                             \
+/* out[i][j] = sum_l in[i][l] T(j, l) */
+#define APPLY_RIGHT(out, in, COEF, T, rows, depth, cols)                                       \
     UNROLL for (int i_ = 0; i_ < (rows); i_++) UNROLL for (int j_ = 0; j_ < (cols); j_++) {   \
         vec acc_ = {0};                                                                         \
-        UNROLL for (int l_ = 0; l_ < (depth); l_++) if ((T)[j_][l_] != 0.0f) acc_ += (T)[j_][l_] * (in)[i_][l_]; \
-        (out)[i_][j_] = acc_;                                                                   \
-    }
-
-/* out[i][l] = sum_k T[k][i] in[k][l]: the transpose of T on the left */
-#define APPLY_LEFT_T(out, T, in, rows, depth, cols)                                            \
-    UNROLL for (int i_ = 0; i_ < (rows); i_++) UNROLL for (int l_ = 0; l_ < (cols); l_++) {   \
-        vec acc_ = {0};                                                                         \
-        UNROLL for (int k_ = 0; k_ < (depth); k_++) if ((T)[k_][i_] != 0.0f) acc_ += (T)[k_][i_] * (in)[k_][l_]; \
-        (out)[i_][l_] = acc_;                                                                   \
-    }
-
-/* out[i][j] = sum_l in[i][l] T[l][j] */
-#define APPLY_RIGHT_T(out, in, T, rows, depth, cols)                                           \
-    UNROLL for (int i_ = 0; i_ < (rows); i_++) UNROLL for (int j_ = 0; j_ < (cols); j_++) {   \
-        vec acc_ = {0};                                                                         \
-        UNROLL for (int l_ = 0; l_ < (depth); l_++) if ((T)[l_][j_] != 0.0f) acc_ += (T)[l_][j_] * (in)[i_][l_]; \
+        UNROLL for (int l_ = 0; l_ < (depth); l_++) if (COEF(T, j_, l_) != 0.0f) acc_ += COEF(T, j_, l_) * (in)[i_][l_]; \
         (out)[i_][j_] = acc_;                                                                   \
     }
 
@@ -88,8 +76,8 @@ INLINE void input_tile(const int a, const float (*bt)[AMAX], const float *restri
         for (int k = 0; k < a; k++)
             for (int l = 0; l < a; l++)
                 d[k][l] = pixel[k][l] ? load(pixel[k][l] + c0) : (vec){0};
-        APPLY_LEFT(s, bt, d, a, a, a);
-        APPLY_RIGHT(o, s, bt, a, a, a);
+        APPLY_LEFT(s, AS_IS, bt, d, a, a, a);
+        APPLY_RIGHT(o, s, AS_IS, bt, a, a, a);
         for (int i = 0; i < a; i++)
             for (int j = 0; j < a; j++)
                 store(v + ((i * a + j) * tiles + t) * c + c0, o[i][j]);
@@ -113,8 +101,8 @@ INLINE void input_gradient_block(const int a, const float (*bt)[AMAX], const flo
                 for (int i = 0; i < a; i++)
                     for (int j = 0; j < a; j++)
                         g[i][j] = load(gv + ((i * a + j) * tiles + t) * c + c0);
-                APPLY_LEFT_T(s, bt, g, a, a, a);
-                APPLY_RIGHT_T(d, s, bt, a, a, a);
+                APPLY_LEFT(s, TRANSPOSED, bt, g, a, a, a);
+                APPLY_RIGHT(d, s, TRANSPOSED, bt, a, a, a);
                 for (int k = 0; k < a; k++) {
                     const i64 y = y0 + k;
                     if (y < 0 || y >= h) continue;
@@ -140,8 +128,8 @@ INLINE void output_tile(const int mt, const int a, const float (*at)[AMAX], cons
         for (int i = 0; i < a; i++)
             for (int j = 0; j < a; j++)
                 p[i][j] = load(mm + ((i * a + j) * tiles + t) * c + c0);
-        APPLY_LEFT(s, at, p, mt, a, a);
-        APPLY_RIGHT(o, s, at, mt, a, mt);
+        APPLY_LEFT(s, AS_IS, at, p, mt, a, a);
+        APPLY_RIGHT(o, s, AS_IS, at, mt, a, mt);
         for (int u = 0; u < mt && y0 + u < ho; u++)
             for (int q = 0; q < mt && x0 + q < wo; q++)
                 store(y + ((b * ho + y0 + u) * wo + x0 + q) * c + c0, o[u][q] + shift);
@@ -158,8 +146,8 @@ INLINE void output_gradient_tile(const int mt, const int a, const float (*at)[AM
         for (int u = 0; u < mt; u++)
             for (int q = 0; q < mt; q++)
                 g[u][q] = y0 + u < ho && x0 + q < wo ? load(gy + ((b * ho + y0 + u) * wo + x0 + q) * c + c0) : (vec){0};
-        APPLY_LEFT_T(s, at, g, a, mt, mt);
-        APPLY_RIGHT_T(o, s, at, a, mt, a);
+        APPLY_LEFT(s, TRANSPOSED, at, g, a, mt, mt);
+        APPLY_RIGHT(o, s, TRANSPOSED, at, a, mt, a);
         for (int i = 0; i < a; i++)
             for (int j = 0; j < a; j++)
                 store(gm + ((i * a + j) * tiles + t) * c + c0, o[i][j]);
@@ -175,8 +163,8 @@ INLINE void kernel_channel(const int r, const int a, const float (*g)[RMAX], con
         for (int i = 0; i < r; i++)
             for (int j = 0; j < r; j++)
                 e[i][j] = load(wt + ((o * r + i) * r + j) * c + c0);
-        APPLY_LEFT(s, g, e, a, r, r);
-        APPLY_RIGHT(x, s, g, a, r, a);
+        APPLY_LEFT(s, AS_IS, g, e, a, r, r);
+        APPLY_RIGHT(x, s, AS_IS, g, a, r, a);
         for (int i = 0; i < a; i++)
             for (int j = 0; j < a; j++)
                 store(u + ((i * a + j) * k + o) * c + c0, x[i][j]);
@@ -192,8 +180,8 @@ INLINE void kernel_gradient_channel(const int r, const int a, const float (*g)[R
         for (int i = 0; i < a; i++)
             for (int j = 0; j < a; j++)
                 e[i][j] = load(gu + ((i * a + j) * k + o) * c + c0);
-        APPLY_LEFT_T(s, g, e, r, a, a);
-        APPLY_RIGHT_T(x, s, g, r, a, r);
+        APPLY_LEFT(s, TRANSPOSED, g, e, r, a, a);
+        APPLY_RIGHT(x, s, TRANSPOSED, g, r, a, r);
         for (int i = 0; i < r; i++)
             for (int j = 0; j < r; j++)
                 store(gw + ((o * r + i) * r + j) * c + c0, x[i][j]);
