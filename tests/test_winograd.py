@@ -34,9 +34,19 @@ def test_the_one_dimensional_transforms_compute_a_correlation(m, r):
     assert (output_t[:, 1] == 1).all()  # the point 1: the bias is added there
 
 
+# skipped only where no compiler could build them; with one (and GAN_STYLE_NATIVE on), a build
+# that fails is a failure, not a skip (test_the_fused_transforms_are_built_where_a_compiler_is)
 needs_fused = pytest.mark.skipif(not fused_transforms_apply(torch.randn(1, 16, 4, 4).contiguous(memory_format=torch.channels_last),
                                                             torch.randn(16, 16, 3, 3)),
-                                 reason="no C compiler here: the fused Winograd transforms cannot be built (the PyTorch path runs)")
+                                 reason="the fused Winograd transforms are not built here (no C compiler, or GAN_STYLE_NATIVE=0)")
+
+
+def test_the_fused_transforms_are_built_where_a_compiler_is():
+    from gan_style.nn import native
+
+    if not native.enabled() or native._compiler() is None:
+        pytest.skip("no C compiler here, or GAN_STYLE_NATIVE=0: the PyTorch path runs")
+    assert fused_winograd_available(), "winograd_kernels.c did not build with this machine's compiler (see the log)"
 
 
 def _relative_errors(outputs, references):
