@@ -4,6 +4,7 @@ them included), and chosen only where they apply."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import pytest
@@ -146,6 +147,53 @@ def test_conv2d_runs_winograd_only_where_it_applies():
     assert not _ran_winograd(conv.double(), x.double())
 
 
+def test_the_stylegan2_layers_run_winograd_where_one_weight_serves_the_batch():
+    """EqualConv2d and ModulatedConv2d (the Swapping Autoencoder's input modulation, or none: SinCUT's
+    decoder) at stride 1 are one convolution for the whole batch: by Winograd, the same function and
+    gradients (the modulation's included); per-sample weights (StyleGAN2's eq. 3) and the up- and
+    down-sampling convolutions stay direct."""
+    from gan_style.engine.kernels import set_conv_kernel
+    from gan_style.nn.stylegan2 import EqualConv2d, ModulatedConv2d
+
+    wide = WINOGRAD_MIN_CHANNELS[3]
+    style = torch.randn(2, 16, requires_grad=True)
+    layers = {"equal": (EqualConv2d(wide, wide, 3, padding=1), ()), "unpadded": (EqualConv2d(wide, wide, 3, bias=False), ()),
+              "input-modulated": (ModulatedConv2d(wide, wide, 3, style_dim=16, modulate_input=True), (style,)),
+              "unmodulated": (ModulatedConv2d(wide, wide, 3), ())}
+    nchw = torch.randn(2, wide, 9, 11)
+    for x, (name, (layer, inputs)) in itertools.product((nchw, nchw.contiguous(memory_format=torch.channels_last)), layers.items()):
+        x.requires_grad_()
+        outputs = {}
+        for kernel in ("direct", "winograd"):
+            set_conv_kernel(layer, kernel)
+            out = layer(x, *inputs)
+            assert _grad_fn_names(out).isdisjoint(WINOGRAD_BACKWARDS) == (kernel == "direct"), (name, kernel)
+            gradients = torch.autograd.grad(out.square().sum(), [x, *inputs, *layer.parameters()])
+            outputs[kernel] = (out, *gradients)
+        for direct, winograd in zip(outputs["direct"], outputs["winograd"], strict=True):
+            assert (winograd - direct).abs().max() <= TOLERANCE[4, 3] * direct.abs().max(), name
+    for layer, inputs in ((ModulatedConv2d(wide, wide, 3, style_dim=16), (style,)), (ModulatedConv2d(wide, wide, 3, upsample=True), ()),
+                          (ModulatedConv2d(wide, wide, 3, downsample=True), ()), (EqualConv2d(wide, wide, 3, stride=2), ())):
+        set_conv_kernel(layer, "winograd")
+        assert _grad_fn_names(layer(nchw, *inputs)).isdisjoint(WINOGRAD_BACKWARDS), layer
+
+
+WINOGRAD_BACKWARDS = {"_WinogradConvBackward", "_NativeWinogradConvBackward"}
+
+
+def _grad_fn_names(out: torch.Tensor) -> set[str]:
+    """The names of every autograd node behind ``out``."""
+    names, stack, seen = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(parent for parent, _ in node.next_functions)
+    return names
+
+
 def test_kernel_choice_of_the_convolutions():
     from gan_style.engine.kernels import choose_kernels
 
@@ -160,7 +208,8 @@ def test_kernel_choice_of_the_convolutions():
     measured = choose_kernels("cpu", torch.float32)
     assert {"direct 3x3 convolutions", "winograd 3x3 convolutions"} <= set(measured.timings_ms)
     assert choose_kernels("cpu", torch.bfloat16, winograd=True).conv_kernel == "direct"
-    assert choose_kernels("cpu", torch.float32, family="stylegan2", winograd=True).conv_kernel == "direct"
+    # the StyleGAN2 family's EqualConv2d and ModulatedConv2d run it too
+    assert choose_kernels("cpu", torch.float32, family="stylegan2", winograd=True).conv_kernel == "winograd"
 
 
 def test_a_winograd_training_step_matches_the_direct_one():
@@ -290,3 +339,47 @@ def test_torch_compile_runs_the_fused_transforms_eagerly():
     for ours, reference in zip((compiled, *torch.autograd.grad(compiled.square().sum(), [x, net[0].weight])),
                                (eager, *torch.autograd.grad(eager.square().sum(), [x, net[0].weight])), strict=True):
         assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_swapping_autoencoder_step_by_winograd_matches_the_direct_one(monkeypatch):
+    """The StyleGAN2 family's whole training step (both phases, the lazy R1 penalties through the
+    Winograd layers included) by Winograd: the losses of the direct step, and updates that differ
+    from its updates no more than a change of memory layout makes them differ. The thresholds are
+    lowered so that the test's narrow networks have Winograd layers."""
+    from gan_style.engine.contract import config_from_overrides
+    from gan_style.engine.trainer import Trainer
+    from gan_style.methods import get_method
+    from gan_style.nn import layers, winograd
+
+    for thresholds in (layers.WINOGRAD_MIN_CHANNELS, layers.WINOGRAD_MIN_CHANNELS_FUSED):
+        for side in thresholds:
+            monkeypatch.setitem(thresholds, side, 16)
+    calls = []
+    monkeypatch.setattr(winograd, "winograd_conv2d", lambda *args, _run=winograd.winograd_conv2d: calls.append(1) or _run(*args))
+    cls = get_method("swapae")
+    results = {}
+    for name, kernel, channels_last in (("direct", False, True), ("nchw", False, False), ("winograd", True, True)):
+        calls.clear()
+        settings = {"train.winograd": kernel, "train.channels_last": channels_last, "data.crop_size": 32, "data.load_size": 32}
+        trainer = Trainer(cls(config_from_overrides(cls, "smoke", settings)), show_progress=False)
+        before = torch.cat([p.detach().flatten() for net in trainer.networks.values() for p in net.parameters()])
+        batches = torch.Generator().manual_seed(0)
+        losses = [{k: float(v) for k, v in trainer.train_step(trainer.method.synthetic_batch(32, 2, batches)).items()} for _ in range(2)]
+        assert bool(calls) == kernel
+        after = torch.cat([p.detach().flatten() for net in trainer.networks.values() for p in net.parameters()])
+        results[name] = losses, after - before
+    (direct, direct_update), (by_winograd, winograd_update) = results["direct"], results["winograd"]
+    for step, (direct_step, winograd_step) in enumerate(zip(direct, by_winograd, strict=True)):
+        assert direct_step.keys() == winograd_step.keys()
+        for key, value in direct_step.items():
+            # the D phase of the first step runs on the same weights; its R1 phase and the next step
+            # on weights after an Adam step, whose sign flips where a gradient is near zero (R1 0.07 %)
+            before_an_update = step == 0 and not key.startswith("loss/D_R1")
+            assert winograd_step[key] == pytest.approx(value, rel=1e-4 if before_an_update else 3e-3, abs=1e-5), key
+
+    def changed(update):  # the share of weights whose update is not within 10 % of the direct one's
+        return ((update - direct_update).abs() > 0.1 * direct_update.abs()).float().mean().item()
+
+    # measured: 0.13 % either way (the second Adam step of D, after R1, amplifies any rounding)
+    assert changed(winograd_update) <= 1.5 * changed(results["nchw"][1]) + 1e-3
+

@@ -57,8 +57,8 @@ class TrainConfig:
     # true, false, or "auto": the faster layout for the step's dtype on this device, measured at
     # start (gan_style.engine.kernels), which also picks the norms' precision in bf16/fp16 steps.
     channels_last: bool | Literal["auto"] = "auto"
-    # The wide stride-1 3x3 and 4x4 convolutions of fp32 steps on the CPU by Winograd's F(4x4, 3x3)
-    # and F(3x3, 4x4) (gan_style.nn.winograd): 4x fewer multiplications, ~3e-6 relative error
+    # The wide stride-1 3x3 and 4x4 convolutions of fp32 steps on the CPU (ResNet and StyleGAN2
+    # networks) by Winograd's F(4x4, 3x3) and F(3x3, 4x4) (gan_style.nn.winograd): 4x fewer multiplications, ~3e-6 relative error
     # (direct: ~2e-6); with the fused C transforms also the 5x5 ones by F(4x4, 5x5): 6.25x fewer, ~1e-5.
     # "auto": where measured faster at start; false: PyTorch's direct convolutions throughout.
     winograd: bool | Literal["auto"] = "auto"

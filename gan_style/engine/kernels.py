@@ -21,17 +21,18 @@ candidate configuration and keeps the fastest:
   and backward, 36.6 ms by the NCHW detour, 8-11 ms by the sums); the batch-norm kernel is 2-4x
   faster than the sums at batch 1 and 1.3-2x at batch 2. The statistics are fp32 in every kernel.
 
-Then, for fp32 steps on the CPU and the ResNet family, the convolution kernel, timed on one
-256-channel residual block in the chosen layout: PyTorch's direct convolution ("direct"), or
-Winograd's F(4x4, 3x3) for the wide stride-1 3x3 layers, F(3x3, 4x4) for the PatchGAN
-discriminators' stride-1 4x4 ones and, on the fused path, F(4x4, 5x5) for MUNIT's decoder ("winograd", ``gan_style.nn.layers.Conv2d``,
-``gan_style.nn.winograd``): 4x fewer multiplications, about the direct convolution's error. Where
+Then, for fp32 steps on the CPU, the convolution kernel, timed on one 256-channel residual block
+in the chosen layout: PyTorch's direct convolution ("direct"), or Winograd's F(4x4, 3x3) for the
+wide stride-1 3x3 layers (the ResNet family's and, with one weight for the batch, StyleGAN2's:
+the Swapping Autoencoder's, SinCUT's), F(3x3, 4x4) for the PatchGAN discriminators' stride-1 4x4
+ones and, on the fused path, F(4x4, 5x5) for MUNIT's decoder ("winograd",
+``gan_style.nn.layers.WinogradCapable``, ``gan_style.nn.winograd``): 4x fewer multiplications, about the direct convolution's error. Where
 the direct convolutions already run at the fp32 matmul peak it is the only way to a faster fp32
 step. GPUs keep "direct": cuDNN picks its own Winograd kernels.
 
 Where the fused C transforms of ``gan_style.nn.winograd_kernels.c`` are built (a C compiler on
-the machine), an fp32 CPU step of the ResNet family is channels-last without measuring NCHW: those
-kernels take channels-last tensors and are worth more than any layout difference of the rest.
+the machine), an fp32 CPU step is channels-last without measuring NCHW: those kernels take
+channels-last tensors and are worth more than any layout difference of the rest.
 
 ``train.channels_last`` true/false fixes the layout (the norm kernel is still measured), and
 ``train.winograd`` true/false the convolution kernel; ``"auto"`` (the default of both) measures.
@@ -55,7 +56,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gan_style.nn.layers import Conv2d, InstanceNorm2d
+from gan_style.nn.layers import InstanceNorm2d, WinogradCapable
 from gan_style.nn.winograd import fused_winograd_available
 
 logger = logging.getLogger(__name__)
@@ -202,8 +203,8 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     low_precision = dtype in (torch.bfloat16, torch.float16)
     with torch.random.fork_rng(devices=[]):  # building it draws weights: leave the caller's random state alone
-        has_conv2d = any(isinstance(m, Conv2d) for m in PROBES[family](3).modules())
-    winograd_possible = dtype == torch.float32 and device.type == "cpu" and has_conv2d and winograd is not False
+        has_winograd_layers = any(isinstance(m, WinogradCapable) for m in PROBES[family](3).modules())
+    winograd_possible = dtype == torch.float32 and device.type == "cpu" and has_winograd_layers and winograd is not False
     layouts = (False, True) if layout is None else (layout,)
     if layout is None and winograd_possible and fused_winograd_available():
         # the fused Winograd transforms take channels-last tensors, and took a whole FastCUT fp32
@@ -223,8 +224,8 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # safest norm kernel
     order = sorted(candidates, key=lambda c: (c[0] != low_precision, KERNEL_PREFERENCE.index(c[1])))
     channels_last, norm_kernel = next(c for c in order if timings[_candidate_name(*c)] <= best_time * 1.03)
-    # Winograd: fp32 steps on the CPU (Conv2d runs autocast steps directly anyway), families whose
-    # networks have gan_style.nn.layers.Conv2d layers (the ResNet one); direct unless 3 % faster
+    # Winograd: fp32 steps on the CPU (autocast steps run their convolutions directly anyway), for
+    # families with WinogradCapable layers (the ResNet and StyleGAN2 ones); direct unless 3 % faster
     conv_kernel = "direct"
     if winograd_possible:
         if winograd:
@@ -316,8 +317,9 @@ def set_norm_kernel(network: nn.Module, kernel: str) -> None:
 
 
 def set_conv_kernel(network: nn.Module, kernel: str) -> None:
-    """Make every :class:`~gan_style.nn.layers.Conv2d` of ``network`` run as ``kernel``
+    """Make every convolution layer of ``network`` that can run by Winograd
+    (:class:`~gan_style.nn.layers.WinogradCapable`) run as ``kernel``
     ("direct" or "winograd", see :class:`KernelChoice`)."""
     for module in network.modules():
-        if isinstance(module, Conv2d):
+        if isinstance(module, WinogradCapable):
             module.kernel = kernel

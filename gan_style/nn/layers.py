@@ -53,40 +53,53 @@ class ReplicationPad2d(_PadsInItsInputDtype, nn.ReplicationPad2d):
     """``nn.ReplicationPad2d`` in its input's dtype under autocast (see ``_PadsInItsInputDtype``)."""
 
 
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict keys) whose stride-1 3x3, 4x4 and 5x5 forms can run
-    as a Winograd convolution (``gan_style.nn.winograd``) in fp32 steps.
+def winograd_applies(x: Tensor, weight: Tensor, padding: int) -> bool:
+    """Whether a stride-1, ungrouped convolution of ``x`` by ``weight`` with ``padding`` zeros runs
+    by Winograd (``gan_style.nn.winograd``): F(4x4, 3x3), F(3x3, 4x4) for the PatchGAN
+    discriminators' 4x4 kernels, or F(4x4, 5x5) for MUNIT's decoder (on the fused path only), for
+    an fp32 input outside autocast, padding 0 or 1, when both widths are at least
+    ``WINOGRAD_MIN_CHANNELS[side]`` (narrower layers on large maps move more data than they save in
+    multiplications; ``WINOGRAD_MIN_CHANNELS_FUSED`` where the fused C transforms run, which move
+    less)."""
+    c_out, c_in, height, width = weight.shape
+    if not (height == width and height in WINOGRAD_MIN_CHANNELS_FUSED and padding in (0, 1)
+            and x.dtype == torch.float32 and weight.dtype == torch.float32 and not autocast_on(x)):
+        return False
+    from gan_style.nn.winograd import fused_transforms_apply
+
+    narrowest = WINOGRAD_MIN_CHANNELS_FUSED if fused_transforms_apply(x, weight) else WINOGRAD_MIN_CHANNELS
+    return height in narrowest and min(c_in, c_out) >= narrowest[height]
+
+
+class WinogradCapable:
+    """A convolution layer whose stride-1 convolutions can run by Winograd in fp32 steps
+    (:func:`winograd_applies`): :class:`Conv2d`, and StyleGAN2's ``EqualConv2d`` and
+    ``ModulatedConv2d`` (with one weight for the batch).
 
     ``kernel`` is set by the trainer from a measurement (gan_style.engine.kernels): "direct"
     (PyTorch's convolution; the default, so networks built outside a trainer, as
-    ``gan_style.load`` builds them for inference, run directly) or
-    "winograd": F(4x4, 3x3), F(3x3, 4x4) for the PatchGAN discriminators' 4x4 kernels, or F(4x4,
-    5x5) for MUNIT's decoder (on the fused path only), for an fp32 input outside autocast, when both
-    widths are at least
-    ``WINOGRAD_MIN_CHANNELS[side]`` (narrower layers on large maps move more data than they save in
-    multiplications; ``WINOGRAD_MIN_CHANNELS_FUSED`` where the fused C transforms run, which move
-    less), with the same zero padding on both sides; every other case runs directly.
-    """
+    ``gan_style.load`` builds them for inference, run directly) or "winograd" where it applies."""
 
     kernel: str = "direct"
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.kernel == "winograd" and self._winograd_applies(x):
+    def stride1_conv2d(self, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+        """``F.conv2d(x, weight, bias, padding=padding)``, by Winograd where ``kernel`` says so and it applies."""
+        if self.kernel == "winograd" and winograd_applies(x, weight, padding):
             from gan_style.nn.winograd import winograd_conv2d  # it uses this module's layout helpers
 
-            return winograd_conv2d(x, self.weight, self.bias, self.padding[0])
+            return winograd_conv2d(x, weight, bias, padding)
+        return F.conv2d(x, weight, bias, padding=padding)
+
+
+class Conv2d(WinogradCapable, nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict keys) whose stride-1, zero-padded forms can run
+    by Winograd in fp32 steps (:class:`WinogradCapable`); every other case runs directly."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+                and isinstance(self.padding, tuple) and self.padding[0] == self.padding[1]):
+            return self.stride1_conv2d(x, self.weight, self.bias, self.padding[0])
         return super().forward(x)
-
-    def _winograd_applies(self, x: Tensor) -> bool:
-        side = self.kernel_size[0]
-        if not (self.kernel_size == (side, side) and side in WINOGRAD_MIN_CHANNELS_FUSED and self.stride == (1, 1)
-                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and self.padding in ((0, 0), (1, 1))
-                and x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not autocast_on(x)):
-            return False
-        from gan_style.nn.winograd import fused_transforms_apply
-
-        narrowest = WINOGRAD_MIN_CHANNELS_FUSED if fused_transforms_apply(x, self.weight) else WINOGRAD_MIN_CHANNELS
-        return side in narrowest and min(self.in_channels, self.out_channels) >= narrowest[side]
 
 
 #: the narrowest layer :class:`Conv2d` runs by Winograd, per kernel side. Forward + backward time

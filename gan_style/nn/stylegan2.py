@@ -31,7 +31,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gan_style.nn.fixed_filter import fixed_filter
-from gan_style.nn.layers import ReflectionPad2d
+from gan_style.nn.layers import ReflectionPad2d, WinogradCapable
 
 DEFAULT_BLUR_TAPS = (1, 3, 3, 1)
 
@@ -176,8 +176,9 @@ def upsampling_blur_pad(taps: int, kernel_size: int, factor: int = 2) -> tuple[i
 
 
 # -- equalised learning rate ----------------------------------------------------------------------
-class EqualConv2d(nn.Module):
-    """Conv2d whose N(0, 1) weight is scaled by 1/sqrt(in_channels * k * k) at run time."""
+class EqualConv2d(WinogradCapable, nn.Module):
+    """Conv2d whose N(0, 1) weight is scaled by 1/sqrt(in_channels * k * k) at run time; stride 1
+    can run by Winograd in fp32 steps (``WinogradCapable``)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True
@@ -190,6 +191,8 @@ class EqualConv2d(nn.Module):
         self.padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.stride == 1:
+            return self.stride1_conv2d(x, self.weight * self.scale, self.bias, self.padding)
         return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
 
     def extra_repr(self) -> str:
@@ -233,7 +236,7 @@ class EqualLinear(nn.Module):
 
 
 # -- modulated convolution ------------------------------------------------------------------------
-class ModulatedConv2d(nn.Module):
+class ModulatedConv2d(WinogradCapable, nn.Module):
     """StyleGAN2's modulated convolution (eq. 1-3), with optional x2 up- or down-sampling.
 
     A style vector ``w`` gives per-input-channel scales s = A(w) (``modulation``, an EqualLinear
@@ -248,7 +251,8 @@ class ModulatedConv2d(nn.Module):
     ``modulate_input=True`` is the Swapping Autoencoder's variant: the style scales the *input*
     channels, s <- s / sqrt(mean_i s_i^2 + 1e-8) when demodulating, and the shared weight is
     demodulated by its own norm (without the style). Not StyleGAN2's eq. 3 (the style does not
-    enter the normaliser), but one ordinary convolution then serves the whole batch.
+    enter the normaliser), but one ordinary convolution then serves the whole batch, and can run by
+    Winograd in fp32 steps (``WinogradCapable``), as can an unmodulated one.
     """
 
     def __init__(
@@ -323,6 +327,8 @@ class ModulatedConv2d(nn.Module):
             out = F.conv_transpose2d(x, weight, stride=2, padding=0, groups=groups)
         elif self.downsample:
             out = F.conv2d(self.blur(x), weight, stride=2, padding=0, groups=groups)
+        elif groups == 1:
+            out = self.stride1_conv2d(x, weight, None, self.padding)
         else:
             out = F.conv2d(x, weight, padding=self.padding, groups=groups)
 
