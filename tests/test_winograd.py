@@ -383,3 +383,28 @@ def test_a_swapping_autoencoder_step_by_winograd_matches_the_direct_one(monkeypa
     # measured: 0.13 % either way (the second Adam step of D, after R1, amplifies any rounding)
     assert changed(winograd_update) <= 1.5 * changed(results["nchw"][1]) + 1e-3
 
+
+@needs_fused
+def test_the_fused_path_reuses_its_scratch_buffers():
+    """The fused path's transient buffers are kept and reused (fresh ones cost the kernel's page
+    zeroing), at most ``KEPT`` of them, and reuse changes no result."""
+    from gan_style.nn.winograd import _scratch, release_scratch_buffers
+
+    def forward_backward(x, weight):
+        x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
+        out = winograd_conv2d(x, weight, padding=1)
+        return (out, *torch.autograd.grad(out.square().sum(), [x, weight]))
+
+    release_scratch_buffers()
+    large = torch.randn(2, 32, 24, 24).contiguous(memory_format=torch.channels_last), torch.randn(48, 32, 3, 3)
+    small = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last), torch.randn(16, 16, 5, 5)
+    first = forward_backward(*large)
+    kept = {buffer.data_ptr() for buffer in _scratch.free}
+    assert 0 < len(kept) <= _scratch.KEPT
+    forward_backward(*small)  # served from the large layer's buffers
+    again = forward_backward(*large)
+    assert {buffer.data_ptr() for buffer in _scratch.free} == kept
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+    release_scratch_buffers()
+    assert not _scratch.free

@@ -31,7 +31,9 @@ gather or scatter in ``winograd_kernels.c`` (one pass over memory; the zero padd
 edge tiles read as zeros, the output written cropped), the products by ``torch.bmm``. The
 transforms had been a third of a FastCUT fp32 step, memory-bound; fused, a 256-channel 32x32 layer
 takes 0.45 of the direct convolution's time instead of 0.61, and the 64-channel layers on 128x128
-maps pay too, as does F(4x4, 5x5) (docs/speed.md, session h). Everywhere else ``_WinogradConv``: the tiles gathered and
+maps pay too, as does F(4x4, 5x5) (docs/speed.md, session h). Its transient buffers are reused
+from layer to layer (``_ScratchBuffers``): fresh, the kernel's zeroing of their pages took more
+than the transforms on the Swapping Autoencoder's large maps. Everywhere else ``_WinogradConv``: the tiles gathered and
 the transforms applied as matrix products over flattened tiles (Kronecker products of the 1-D
 transforms), so every step is one large PyTorch op. Both recompute the weight transform in the
 backward instead of keeping it (it is 4x the weight: ~1 GB over a CycleGAN step's graph). A
@@ -44,6 +46,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -294,6 +297,51 @@ def fused_transforms_apply(x: Tensor, weight: Tensor) -> bool:
     return r in OUTPUT_TILES and _native_applies(x, weight, OUTPUT_TILES[r][0])
 
 
+class _ScratchBuffers(threading.local):
+    """The fused path's transient buffers (the tiles V, the products and their gradients, the weight
+    transform), kept between layers and steps instead of freed.
+
+    Freshly allocated, a buffer over 32 MB comes from new ``mmap`` pages that the kernel zeroes on
+    first touch, and the Winograd buffers are 2.25-4x the image: one 6x256x128x128 layer (the Swapping
+    Autoencoder's discriminator at 128 px) took 1265 ms forward and backward on fresh pages against
+    789 ms on reused ones, the direct convolution 1917-2006 ms (docs/speed.md, session i). A request
+    takes the smallest free buffer large enough (a view of its start), else a new one; returned, it
+    is kept, and of more than ``KEPT`` free buffers the smallest go, so what stays is about the
+    largest layer's working set (three buffers at once, in its backward). One pool per thread."""
+
+    KEPT = 4
+
+    def __init__(self) -> None:
+        self.free: list[Tensor] = []
+
+    def take(self, *shape: int) -> Tensor:
+        numel = math.prod(shape)
+        fitting = [i for i, buffer in enumerate(self.free) if buffer.numel() >= numel]
+        if fitting:
+            buffer = self.free.pop(min(fitting, key=lambda i: self.free[i].numel()))
+        else:
+            buffer = torch.empty(numel)
+        return buffer[:numel].view(shape)
+
+    def give(self, *views: Tensor) -> None:
+        """Keep the buffers of ``views`` (from :meth:`take`) for later requests; the views must not be used again."""
+        self.free.extend(view._base for view in views)  # the whole buffer each was cut from
+        self.free.sort(key=Tensor.numel, reverse=True)
+        del self.free[self.KEPT:]
+
+    def clear(self) -> None:
+        """Let the kept buffers go (those lent out stay with their borrowers)."""
+        self.free.clear()
+
+
+_scratch = _ScratchBuffers()
+
+
+def release_scratch_buffers() -> None:
+    """Return the memory the fused Winograd path keeps between layers (this thread's) to the allocator."""
+    _scratch.clear()
+
+
 class _NativeWinogradConv(torch.autograd.Function):
     """:class:`_WinogradConv` with each transform fused with its gather or scatter (``winograd_kernels.c``):
     the zero padding and the partial tiles at the edges are read as zeros rather than padded, and the
@@ -308,14 +356,16 @@ class _NativeWinogradConv(torch.autograd.Function):
         th, tw = -(-out_h // m), -(-out_w // m)
         tiles, a = n * th * tw, m + r - 1
         result = torch.empty((n, c_out, out_h, out_w), memory_format=torch.channels_last)
-        transformed = torch.empty(a * a, tiles, c_in)  # V = B^T d B
+        transformed = _scratch.take(a * a, tiles, c_in)  # V = B^T d B
         getattr(library, f"gs_input_transform_{r}")(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, padding, padding)
-        products = torch.bmm(transformed, _native_kernel_transform(library, weight, a).transpose(1, 2))  # M = U * V
-        del transformed
+        kernel_transformed = _native_kernel_transform(library, weight, a)
+        products = torch.bmm(transformed, kernel_transformed.transpose(1, 2), out=_scratch.take(a * a, tiles, c_out))  # M = U * V
+        _scratch.give(transformed, kernel_transformed)
         if bias is not None:
             bias = bias.contiguous()
         getattr(library, f"gs_output_transform_{r}")(products.data_ptr(), bias.data_ptr() if bias is not None else None,
                                                      result.data_ptr(), n, out_h, out_w, c_out, th, tw)
+        _scratch.give(products)
         ctx.save_for_backward(x, weight)  # V is recomputed: it is 2.25x the input
         ctx.m, ctx.padding, ctx.has_bias = m, padding, bias is not None
         return result
@@ -334,7 +384,7 @@ class _NativeWinogradConv(torch.autograd.Function):
         th, tw = -(-out_h // m), -(-out_w // m)
         tiles, a = n * th * tw, m + r - 1
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-        grad_products = torch.empty(a * a, tiles, c_out)  # A gY A^T
+        grad_products = _scratch.take(a * a, tiles, c_out)  # A gY A^T
         getattr(library, f"gs_output_gradient_{r}")(grad_out.data_ptr(), grad_products.data_ptr(), n, out_h, out_w, c_out, th, tw)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:  # the weight's gradient (kept until the optimiser step) first, as in _WinogradConv
@@ -342,21 +392,24 @@ class _NativeWinogradConv(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_products[a + 1].sum(0)  # the point 1 in both directions: A^T's all-ones column
         if ctx.needs_input_grad[1]:
-            transformed = torch.empty(a * a, tiles, c_in)
+            transformed = _scratch.take(a * a, tiles, c_in)
             getattr(library, f"gs_input_transform_{r}")(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, padding, padding)
-            grad_kernel = torch.bmm(grad_products.transpose(1, 2), transformed)  # (a², C_out, C_in)
-            del transformed
+            grad_kernel = torch.bmm(grad_products.transpose(1, 2), transformed, out=_scratch.take(a * a, c_out, c_in))  # (a², C_out, C_in)
+            _scratch.give(transformed)
             getattr(library, f"gs_kernel_gradient_{r}")(grad_kernel.data_ptr(), grad_weight.data_ptr(), c_out, c_in)
-            del grad_kernel
+            _scratch.give(grad_kernel)
             if not is_channels_last(weight):
                 grad_weight = grad_weight.contiguous()
         if ctx.needs_input_grad[0]:
-            grad_transformed = torch.bmm(grad_products, _native_kernel_transform(library, weight, a))  # (a², tiles, C_in)
-            del grad_products
+            kernel_transformed = _native_kernel_transform(library, weight, a)
+            grad_transformed = torch.bmm(grad_products, kernel_transformed, out=_scratch.take(a * a, tiles, c_in))  # (a², tiles, C_in)
+            _scratch.give(kernel_transformed)
             grad_input = torch.empty_like(x, memory_format=torch.channels_last)
             block = next(b for b in (64, 32, 16) if c_in % b == 0 and (n * c_in // b >= 2 * torch.get_num_threads() or b == 16))
             getattr(library, f"gs_input_gradient_{r}")(grad_transformed.data_ptr(), grad_input.data_ptr(), n, height, width, c_in, th, tw,
                                                        padding, padding, block)
+            _scratch.give(grad_transformed)
+        _scratch.give(grad_products)
         return grad_input, grad_weight, grad_bias, None, None
 
 
@@ -367,10 +420,10 @@ def _fused_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, m:
 
 def _native_kernel_transform(library: ctypes.CDLL, weight: Tensor, a: int) -> Tensor:
     """U = G g G^T as (a², C_out, C_in), from the weight as (C_out, r, r, C_in) in memory (no copy of a
-    channels-last weight)."""
+    channels-last weight), in a scratch buffer (``_scratch.give`` it back)."""
     c_out, c_in, r = weight.shape[:3]
     weight = weight.permute(0, 2, 3, 1).contiguous()
-    transformed = torch.empty(a * a, c_out, c_in)
+    transformed = _scratch.take(a * a, c_out, c_in)
     getattr(library, f"gs_kernel_transform_{r}")(weight.data_ptr(), transformed.data_ptr(), c_out, c_in)
     return transformed
 
