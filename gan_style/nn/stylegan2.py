@@ -191,9 +191,10 @@ class EqualConv2d(WinogradCapable, nn.Module):
         self.padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight * self.scale
         if self.stride == 1:
-            return self.stride1_conv2d(x, self.weight * self.scale, self.bias, self.padding)
-        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+            return self.stride1_conv2d(x, weight, self.bias, self.padding)
+        return F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
 
     def extra_repr(self) -> str:
         out_channels, in_channels, k, _ = self.weight.shape
