@@ -27,7 +27,16 @@ from gan_style.nn.sincut_networks import (
     SinCUTGenerator,
     SinCUTGeneratorSpec,
 )
-from gan_style.nn.stylegan2 import FusedLeakyReLU, ModulatedConv2d, NoiseInjection, upfirdn2d
+from gan_style.nn.stylegan2 import (
+    ConvLayer,
+    FusedLeakyReLU,
+    ModulatedConv2d,
+    NoiseInjection,
+    ResBlock,
+    StyledConv,
+    fused_leaky_relu,
+    upfirdn2d,
+)
 
 GOLDEN = SHARED / "golden" / "cut"
 CUT_DIR, SINCUT_DIR = GOLDEN / "CUT_ngf16_ndf16", GOLDEN / "SinCUT_ngf2_ndf1"
@@ -210,13 +219,20 @@ def _upfirdn2d_by_definition(x: torch.Tensor, kernel: torch.Tensor, up: int, dow
     return out[:, :, ::down, ::down]
 
 
-@pytest.mark.parametrize("up, down, pad", [(1, 1, (1, 1)), (2, 1, (2, 1)), (1, 2, (1, 1)), (2, 2, (-1, 2))])
+@pytest.mark.parametrize(
+    "up, down, pad", [(1, 1, (1, 1)), (2, 1, (2, 1)), (1, 2, (1, 1)), (2, 2, (-1, 2)), (1, 2, (2, 2)), (1, 1, (0, 2)), (1, 2, (3, -1))]
+)
 def test_upfirdn2d_matches_its_definition(up, down, pad):
+    # symmetric pads are the filter's own, asymmetric excesses and crops are padded apart: all
+    # must be the definition's values and gradients
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 7, 9, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 3, 7, 9, generator=gen, dtype=torch.float64, requires_grad=True)
     kernel = torch.rand(4, 3, generator=gen, dtype=torch.float64)  # asymmetric: checks the flip
     expected = _upfirdn2d_by_definition(x, kernel, up, down, pad)
-    torch.testing.assert_close(upfirdn2d(x, kernel, up, down, pad), expected)
+    out = upfirdn2d(x, kernel, up, down, pad)
+    torch.testing.assert_close(out, expected)
+    dy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(out, x, dy)[0], torch.autograd.grad(expected, x, dy)[0])
 
 
 @pytest.mark.parametrize("mode", ["plain", "upsample", "downsample"])
@@ -275,3 +291,47 @@ def test_noise_injection_and_bias_layouts():
     expected = F.leaky_relu(y + vector.bias.view(1, 3, 1, 1), 0.2) * math.sqrt(2)
     torch.testing.assert_close(vector(y), expected)
     torch.testing.assert_close(vector(y[:, :, 0, 0]), expected[:, :, 0, 0])  # also on (B, C) inputs
+
+
+@pytest.mark.parametrize("bias_shape", [(3,), (1, 3, 1, 1), None])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_fused_leaky_relu_is_the_composition_with_its_first_and_second_derivatives(bias_shape, inplace):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = None if bias_shape is None else torch.randn(bias_shape, dtype=torch.float64, generator=generator, requires_grad=True)
+    inputs = (x,) if bias is None else (x, bias)
+
+    def activation(x, bias=None):  # x * 1: a temporary the in-place form may overwrite
+        return fused_leaky_relu(x * 1, bias, inplace=inplace)
+
+    shifted = x if bias is None else x + bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(activation(*inputs), F.leaky_relu(shifted, 0.2) * math.sqrt(2))
+    assert torch.autograd.gradcheck(activation, inputs)
+    assert torch.autograd.gradgradcheck(activation, inputs)  # R1 differentiates the backward again
+
+
+def test_in_place_activations_overwrite_the_convolutions_output_and_change_nothing():
+    torch.manual_seed(0)
+    layers = [ConvLayer(4, 6, 3), ConvLayer(4, 6, 3, bias=False), ResBlock(4, 6), StyledConv(4, 6, 3, style_dim=5)]
+    for layer in layers:
+        activations = [m for m in layer.modules() if hasattr(m, "inplace")]
+        assert activations and all(m.inplace for m in activations)
+    conv_layer = layers[0]
+    conv_outputs = []
+    conv_layer[0].register_forward_hook(lambda module, args, out: conv_outputs.append(out.data_ptr()))
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    assert conv_layer(x).data_ptr() == conv_outputs[0]  # no new full-size tensor for the activation
+
+    style, noise = torch.randn(2, 5), torch.randn(2, 1, 8, 8)
+    for layer in layers:
+        extra = (style, noise) if isinstance(layer, StyledConv) else ()
+        out = layer(x, *extra)
+        grads = torch.autograd.grad(out.square().sum(), [x, *layer.parameters()], allow_unused=True)
+        for module in layer.modules():
+            if hasattr(module, "inplace"):
+                module.inplace = False
+        out_copying = layer(x, *extra)
+        grads_copying = torch.autograd.grad(out_copying.square().sum(), [x, *layer.parameters()], allow_unused=True)
+        assert torch.equal(out, out_copying)
+        for grad, grad_copying in zip(grads, grads_copying):
+            assert (grad is None and grad_copying is None) or torch.equal(grad, grad_copying)

@@ -47,47 +47,60 @@ class _BiasLeakyReLU(torch.autograd.Function):
     Autograd's composition of the same ops keeps the pre-activation as well, a second full-size
     tensor per layer; with a positive gain the output's sign is the pre-activation's, so the
     derivative (gain where positive, gain * slope elsewhere, the slope at 0 as in leaky_relu)
-    follows from the output alone. The output is usually the next convolution's saved input too,
-    so a layer costs one tensor instead of two. The backward is made of differentiable ops (its
+    follows from the output alone: one pass of ``leaky_relu_backward`` on it, scaled in place. The
+    output is usually the next convolution's saved input too, so a layer costs one tensor instead
+    of two. ``inplace`` overwrites ``x`` (a temporary nothing else reads: a convolution's output)
+    instead of allocating the output: fresh full-size tensors come from new pages the kernel zeroes,
+    which cost several times the arithmetic here. The backward is made of differentiable ops (its
     derivative with respect to the output is zero almost everywhere), so R1's double backward
     through a discriminator works.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, bias: Tensor | None, negative_slope: float, scale: float) -> Tensor:
-        out = x + _broadcast_bias(bias, x) if bias is not None else x.clone()
-        out = F.leaky_relu_(out, negative_slope).mul_(scale)
+    def forward(ctx, x: Tensor, bias: Tensor | None, negative_slope: float, scale: float, inplace: bool) -> Tensor:
+        out = _bias_leaky_relu(x, bias, negative_slope, scale, inplace)
+        if inplace:
+            ctx.mark_dirty(out)
         ctx.save_for_backward(out)
         ctx.negative_slope, ctx.scale = negative_slope, scale
         ctx.bias_shape = None if bias is None else bias.shape
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         (out,) = ctx.saved_tensors
-        grad_x = torch.where(out > 0, grad * ctx.scale, grad * (ctx.scale * ctx.negative_slope))
+        grad_x = torch.ops.aten.leaky_relu_backward(grad, out, ctx.negative_slope, True).mul_(ctx.scale)
         grad_bias = None
         if ctx.needs_input_grad[1]:
             channels_dim = 1 if len(ctx.bias_shape) == 1 else None
             dims = [d for d in range(grad_x.ndim) if d != channels_dim and (channels_dim is not None or ctx.bias_shape[d] == 1)]
             grad_bias = grad_x.sum(dims).reshape(ctx.bias_shape)
-        return grad_x, grad_bias, None, None
+        return grad_x, grad_bias, None, None, None
 
 
-def fused_leaky_relu(x: Tensor, bias: Tensor | None, negative_slope: float = 0.2, scale: float = math.sqrt(2)) -> Tensor:
+def _bias_leaky_relu(x: Tensor, bias: Tensor | None, negative_slope: float, scale: float, inplace: bool) -> Tensor:
+    if bias is not None:
+        out = x.add_(_broadcast_bias(bias, x)) if inplace else x + _broadcast_bias(bias, x)
+    else:
+        out = x if inplace else x.clone()
+    return F.leaky_relu_(out, negative_slope).mul_(scale)
+
+
+def fused_leaky_relu(
+    x: Tensor, bias: Tensor | None, negative_slope: float = 0.2, scale: float = math.sqrt(2), inplace: bool = False
+) -> Tensor:
     """leaky_relu(x + bias, 0.2) * sqrt(2); ``bias`` is broadcast along dim 1 (channels) when it
     is a vector, and added as is otherwise. The sqrt(2) gain keeps the activations' second
     moment roughly constant (He et al. 2015). When gradients are needed it keeps only its output
-    for the backward (``_BiasLeakyReLU``)."""
+    for the backward (``_BiasLeakyReLU``). ``inplace`` writes the result into ``x``, as
+    ``nn.ReLU(inplace=True)`` does: for a temporary no one else reads."""
     if bias is not None:
         # in x's dtype: under autocast an fp32 bias would promote the bf16 activation to fp32, a
         # full-size copy here and another one at the next convolution
         bias = bias.to(x.dtype)
     if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-        return _BiasLeakyReLU.apply(x, bias, negative_slope, scale)
-    if bias is not None:
-        x = x + _broadcast_bias(bias, x)
-    return F.leaky_relu(x, negative_slope) * scale
+        return _BiasLeakyReLU.apply(x, bias, negative_slope, scale, inplace)
+    return _bias_leaky_relu(x, bias, negative_slope, scale, inplace)
 
 
 class FusedLeakyReLU(nn.Module):
@@ -95,30 +108,36 @@ class FusedLeakyReLU(nn.Module):
 
     ``bias_shape`` only chooses how the bias is stored, so that both reference layouts load:
     ``"vector"`` is (C,) (rosinality, Swapping Autoencoder), ``"nchw"`` is (1, C, 1, 1) (CUT's
-    copy used by SinCUT). Both add the same value to every pixel of a channel.
+    copy used by SinCUT). Both add the same value to every pixel of a channel. ``inplace``
+    overwrites the input (``fused_leaky_relu``): the layers that own the tensor before it
+    (``ConvLayer``, ``StyledConv``) build it so.
     """
 
-    def __init__(self, channels: int, bias_shape: Literal["vector", "nchw"] = "vector", negative_slope: float = 0.2):
+    def __init__(
+        self, channels: int, bias_shape: Literal["vector", "nchw"] = "vector", negative_slope: float = 0.2, inplace: bool = False
+    ):
         super().__init__()
         shapes = {"vector": (channels,), "nchw": (1, channels, 1, 1)}
         if bias_shape not in shapes:
             raise ValueError(f"bias_shape must be 'vector' or 'nchw', got {bias_shape!r}")
         self.bias = nn.Parameter(torch.zeros(shapes[bias_shape]))
         self.negative_slope = negative_slope
+        self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
-        return fused_leaky_relu(x, self.bias, self.negative_slope)
+        return fused_leaky_relu(x, self.bias, self.negative_slope, inplace=self.inplace)
 
 
 class ScaledLeakyReLU(nn.Module):
-    """leaky_relu(x, 0.2) * sqrt(2) without a bias."""
+    """leaky_relu(x, 0.2) * sqrt(2) without a bias (``inplace`` as in ``FusedLeakyReLU``)."""
 
-    def __init__(self, negative_slope: float = 0.2):
+    def __init__(self, negative_slope: float = 0.2, inplace: bool = False):
         super().__init__()
         self.negative_slope = negative_slope
+        self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
-        return fused_leaky_relu(x, None, self.negative_slope)
+        return fused_leaky_relu(x, None, self.negative_slope, inplace=self.inplace)
 
 
 # -- FIR filtering --------------------------------------------------------------------------------
@@ -137,9 +156,14 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
         x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
         x = x.reshape(batch, channels, height * up, width * up)
     before, after = pad
-    x = F.pad(x, (before, after, before, after))
+    # The filter zero-pads the symmetric part itself: F.pad would zero-fill a whole new tensor and
+    # copy the input into it (and its backward copy the gradient out), 0.45-0.6 of the blur's time
+    # on the Swapping Autoencoder's maps. Only an asymmetric excess, or a crop, is padded apart.
+    common = max(min(before, after), 0)
+    if (before, after) != (common, common):
+        x = F.pad(x, (before - common, after - common, before - common, after - common))
     weight = torch.flip(kernel, (0, 1)).expand(channels, 1, *kernel.shape)
-    return fixed_filter(x, weight, stride=down)
+    return fixed_filter(x, weight, stride=down, padding=common)
 
 
 def make_blur_kernel(taps: Sequence[float], gain: float = 1.0) -> Tensor:
@@ -394,7 +418,7 @@ class StyledConv(nn.Module):
             modulate_input=modulate_input,
         )
         self.noise = NoiseInjection()
-        self.activate = FusedLeakyReLU(out_channels, bias_shape=bias_shape)
+        self.activate = FusedLeakyReLU(out_channels, bias_shape=bias_shape, inplace=True)  # on the conv's (+ noise's) fresh output
 
     def forward(
         self,
@@ -410,6 +434,12 @@ class StyledConv(nn.Module):
 
 
 # -- discriminator / encoder blocks ---------------------------------------------------------------
+def residual_sum(residual: Tensor, skip: Tensor) -> Tensor:
+    """(residual + skip) / sqrt(2), keeping the variance of the sum (StyleGAN2 fig. 7b); the
+    division in place on the fresh sum (one full-size tensor instead of two)."""
+    return torch.add(residual, skip).div_(math.sqrt(2))
+
+
 class ConvLayer(nn.Sequential):
     """[Blur if ``downsample``] + EqualConv2d + activation, as one Sequential (reference key layout:
     ``0.weight``, ``1.bias`` without down-sampling; ``0.kernel``, ``1.weight``, ``2.bias`` with it).
@@ -461,7 +491,9 @@ class ConvLayer(nn.Sequential):
             ("Conv", EqualConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias and not activate))
         )
         if activate:
-            layers.append(("Act", FusedLeakyReLU(out_channels, bias_shape=bias_shape) if bias else ScaledLeakyReLU()))
+            # in place: the convolution's output is a temporary nothing else reads
+            act = FusedLeakyReLU(out_channels, bias_shape=bias_shape, inplace=True) if bias else ScaledLeakyReLU(inplace=True)
+            layers.append(("Act", act))
         if layout == "named":
             super().__init__(OrderedDict(layers))
         else:
@@ -504,4 +536,4 @@ class ResBlock(nn.Module):
             self.skip = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
+        return residual_sum(self.conv2(self.conv1(x)), self.skip(x))

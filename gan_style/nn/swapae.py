@@ -18,7 +18,6 @@ checked against its parameter counts (see the specs).
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from gan_style.nn.stylegan2 import (
     ModulatedConv2d,
     ResBlock,
     StyledConv,
+    residual_sum,
     upsampling_blur_pad,
 )
 
@@ -101,7 +101,7 @@ def strided_conv_layer(in_channels: int, out_channels: int) -> nn.Sequential:
         OrderedDict(
             Blur=Blur(NO_BLUR, (0, 0)),
             Conv=EqualConv2d(in_channels, out_channels, 3, stride=2, padding=0, bias=False),
-            Act=FusedLeakyReLU(out_channels),
+            Act=FusedLeakyReLU(out_channels, inplace=True),  # on the convolution's fresh output
         )
     )
 
@@ -233,7 +233,7 @@ class ModulatedResBlock(nn.Module):
         if self.upsample:
             skip = F.interpolate(skip, scale_factor=2, mode="bilinear", align_corners=False)
         res = self.conv2(self.conv1(x, style, noise[0], generator), style, noise[1], generator)
-        return (skip + res) / math.sqrt(2)
+        return residual_sum(res, skip)
 
 
 class ToRGB(nn.Module):
