@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from conftest import tiny_cyclegan_config
 from gan_style.data.sharding import epoch_order, shard_batches
 from gan_style.engine import checkpoint as checkpoint_module
+from gan_style.engine import trainer as trainer_module
 from gan_style.engine.checkpoint import load_checkpoint
 from gan_style.engine.memory import HeapTrimmer
 from gan_style.engine.trainer import Trainer
@@ -106,3 +110,32 @@ def test_the_trainer_trims_the_heap_after_each_phase_when_asked(demo_cache, monk
     calls.clear()
     Trainer(CycleGAN(tiny_config(max_steps=2)), show_progress=False).fit()
     assert calls == []  # the default: never
+    kept = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: kept.append(1) or True)
+    Trainer(CycleGAN(tiny_config(max_steps=2, trim_heap=True, keep_heap=True)), show_progress=False).fit()
+    assert kept == [1] and calls == []  # keeping the heap is the opposite of trimming it
+
+
+_HEAP_PROBE = """
+import ctypes, sys, torch
+from gan_style.engine import memory
+if sys.argv[1] == "keep":
+    assert memory.keep_freed_memory()
+libc = memory._glibc()
+block = torch.ones(2**24)  # 64 MB: over glibc's largest mmap threshold
+mapped = libc.mallinfo2().hblkhd
+del block
+print(mapped >= 2**26, libc.mallinfo2().fordblks >= 2**26)
+"""
+
+
+@pytest.mark.parametrize("choice", ["default", "keep"])
+def test_keeping_freed_memory_serves_large_tensors_from_the_heap_and_keeps_them(choice):
+    if not HeapTrimmer().available:
+        pytest.skip("keeping the heap needs glibc (mallopt, mallinfo2)")
+    # in a child process: the setting holds for a process's lifetime
+    result = subprocess.run([sys.executable, "-c", _HEAP_PROBE, choice], capture_output=True, text=True, timeout=120, check=True)
+    mapped_apart, kept_free_in_heap = result.stdout.split()
+    # by default a 64 MB tensor gets its own mapping, returned when freed (fresh zeroed pages next
+    # time); kept, it comes from the heap and its memory stays there for the next one
+    assert (mapped_apart, kept_free_in_heap) == (("True", "False") if choice == "default" else ("False", "True"))

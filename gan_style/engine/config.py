@@ -67,6 +67,12 @@ class TrainConfig:
     # (glibc's malloc_trim, gan_style.engine.memory): a lower peak for steps whose phases leave
     # large holes (the Swapping Autoencoder's default), page faults that cost time for the rest.
     trim_heap: bool = False
+    # The opposite trade on the CPU: keep freed memory in the C heap for reuse instead of taking
+    # large tensors from fresh pages the kernel zeroes (gan_style.engine.memory.keep_freed_memory;
+    # process-wide, for the process's lifetime). Faster where steps allocate many large
+    # temporaries (the Swapping Autoencoder: 0.55 of the time, 1.14x the peak memory, docs/speed.md);
+    # it turns trim_heap off.
+    keep_heap: bool = False
     # Cadence, in iterations (the reference's print_freq, display_freq, save_latest_freq).
     log_every: int = 100
     image_every: int = 400

@@ -57,7 +57,7 @@ from gan_style.engine.kernels import (
     set_norm_kernel,
     to_channels_last,
 )
-from gan_style.engine.memory import HeapTrimmer
+from gan_style.engine.memory import HeapTrimmer, keep_freed_memory
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.errors import CheckpointError
@@ -137,9 +137,13 @@ class Trainer:
         self.progress = Progress(epoch=self.config.epoch_count)
         # Same seed on every process: identical initial weights (DDP also broadcasts them).
         torch.manual_seed(self.config.seed)
+        # before the kernel probe, which then measures under the run's allocator
+        if self.config.keep_heap and self.device.type == "cpu" and not keep_freed_memory():
+            log.warning("train.keep_heap: the C library is not glibc; freed memory is handled as it is by default")
         networks = method.build_networks()
         self.kernels = self._choose_kernels()
-        self._trim_heap = HeapTrimmer() if self.config.trim_heap and self.device.type == "cpu" else None
+        trim = self.config.trim_heap and not self.config.keep_heap  # keeping the heap is the opposite choice
+        self._trim_heap = HeapTrimmer() if trim and self.device.type == "cpu" else None
         self.channels_last = self.kernels.channels_last
         self._raw: dict[str, nn.Module] = {}
         for name, net in networks.items():
