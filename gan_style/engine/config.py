@@ -70,7 +70,7 @@ class TrainConfig:
     # The opposite trade on the CPU: keep freed memory in the C heap for reuse instead of taking
     # large tensors from fresh pages the kernel zeroes (gan_style.engine.memory.keep_freed_memory;
     # process-wide, for the process's lifetime). Faster where steps allocate many large
-    # temporaries (the Swapping Autoencoder: 0.55 of the time, 1.14x the peak memory, docs/speed.md);
+    # temporaries (the Swapping Autoencoder: 0.57 of the time, 1.14x the peak memory, docs/speed.md);
     # it turns trim_heap off.
     keep_heap: bool = False
     # Cadence, in iterations (the reference's print_freq, display_freq, save_latest_freq).
