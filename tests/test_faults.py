@@ -137,6 +137,17 @@ def test_checkpoints_holding_code_are_refused_and_never_run(tmp_path, capsys):
 
 
 # -- kill -9 during saves ------------------------------------------------------------------------
+def _newest_save_time(run):
+    """The newest step checkpoint's mtime; a file the trainer prunes between glob and stat is skipped."""
+    stamps = []
+    for path in run.glob("checkpoints/step_*.pt"):
+        try:
+            stamps.append(path.stat().st_mtime_ns)
+        except FileNotFoundError:  # rotated away by the running trainer (train.keep_checkpoints)
+            pass
+    return max(stamps, default=0)
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_never_loses_the_run(tmp_path, demo_cache):
     """Train with a save at every step and SIGKILL the process at random moments (often inside a
@@ -154,11 +165,11 @@ def test_kill_9_at_random_moments_never_loses_the_run(tmp_path, demo_cache):
     steps_seen = []
     for round_ in range(4):
         command = base + (["--run-dir", str(run)] if round_ == 0 else ["--resume", str(run)]) + ["--set", "train.max_steps=100000"]
-        before = max((p.stat().st_mtime_ns for p in run.glob("checkpoints/step_*.pt")), default=0)
+        before = _newest_save_time(run)
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:  # wait for this process's first save
-            if max((p.stat().st_mtime_ns for p in run.glob("checkpoints/step_*.pt")), default=0) > before:
+            if _newest_save_time(run) > before:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
