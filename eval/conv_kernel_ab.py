@@ -1,8 +1,11 @@
 """Direct against Winograd convolutions over whole training steps, in one process: the same trainer
 alternates the two kernels step by step (A B, then B A) and reports the median of the paired step
-ratios.
+ratios. ``--compare weight-gradient``: PyTorch's backward of the strided convolutions against the
+per-shape choice of gan_style.nn.strided (im2col's weight gradient where timed faster), the
+stride-1 convolutions by Winograd in both.
 
     python eval/conv_kernel_ab.py fastcut --size 128 --steps 16 [--set flip_equivariance=false]
+    python eval/conv_kernel_ab.py swapae --size 128 --steps 4 --compare weight-gradient --set data.crop_size=128 --set data.load_size=128
 
 Why in one process: on a shared 2-core machine our fp32 step time swung by ±20 % between processes
 (``side_by_side.py``, ``gan-style bench``) while a 5-10 % change was what needed measuring; adjacent
@@ -28,7 +31,9 @@ from gan_style.engine.trainer import Trainer
 from gan_style.errors import UserError
 from gan_style.methods import get_method
 
-KERNELS = ("direct", "winograd")
+#: per comparison, the two settings as (name, conv kernel, strided weight gradient)
+SETTINGS = {"winograd": (("direct", "direct", "direct"), ("winograd", "winograd", "direct")),
+            "weight-gradient": (("direct", "winograd", "direct"), ("measured", "winograd", "measured"))}
 
 
 def main() -> None:
@@ -38,6 +43,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="pairs of steps timed (after one untimed pair)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument("--compare", choices=tuple(SETTINGS), default="winograd",
+                        help="winograd: direct against Winograd convolutions (default); weight-gradient: PyTorch's strided backward against the measured choice")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -49,21 +56,22 @@ def main() -> None:
         sys.exit(f"error: {error}")
     trainer = Trainer(method_cls(config), run_dir=None, show_progress=False)
     unit, _ = timing_unit(trainer, args.size, batch_size)
-    seconds: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
+    sides = SETTINGS[args.compare]
+    seconds: dict[str, list[float]] = {name: [] for name, _, _ in sides}
     for pair in range(args.steps + 1):
-        for kernel in KERNELS if pair % 2 == 0 else KERNELS[::-1]:
+        for name, kernel, weight_gradient in sides if pair % 2 == 0 else sides[::-1]:
             for network in trainer.networks.values():
-                set_conv_kernel(network, kernel)
+                set_conv_kernel(network, kernel, weight_gradient)
             start = time.perf_counter()
             unit()
             if pair:
-                seconds[kernel].append(time.perf_counter() - start)
-    for kernel, times in seconds.items():
-        print(f"{kernel:9s} median {statistics.median(times):.3f} s, min {min(times):.3f} s over {len(times)} steps")
-    ratios = [w / d for d, w in zip(seconds["direct"], seconds["winograd"], strict=True)]
-    print(f"winograd / direct: median of paired step ratios {statistics.median(ratios):.3f} "
-          f"(quartiles {statistics.quantiles(ratios, n=4)[0]:.3f}-{statistics.quantiles(ratios, n=4)[2]:.3f})")
-
+                seconds[name].append(time.perf_counter() - start)
+    for name, times in seconds.items():
+        print(f"{name:9s} median {statistics.median(times):.3f} s, min {min(times):.3f} s over {len(times)} steps")
+    (base, _, _), (new, _, _) = sides
+    ratios = [b / a for a, b in zip(seconds[base], seconds[new], strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4)
+    print(f"{new} / {base}: median of paired step ratios {statistics.median(ratios):.3f} (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})")
 
 if __name__ == "__main__":
     main()

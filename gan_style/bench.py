@@ -130,6 +130,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     from gan_style.engine.kernels import STEP_DTYPES, set_conv_kernel
     from gan_style.engine.trainer import Trainer
     from gan_style.methods import get_method
+    from gan_style.nn.strided import weight_gradient_choices
 
     method_cls = get_method(method_name)
     batch_size = batch_size or method_cls.bench_batch_size
@@ -172,6 +173,9 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
+    strided = weight_gradient_choices()  # timed per shape in the steps above (fp32 CPU steps)
+    if strided:
+        result["strided_weight_gradients"] = strided
     if trainer.device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # Peak memory is read above, so the counted step and the matmul below change no figure that
@@ -210,6 +214,9 @@ def format_result(result: Mapping[str, Any], as_json: bool) -> str:
         f" ({result.get('cpu', '?')}; {' '.join(result.get('cpu_flags', [])) or 'no AVX2/AVX-512/AMX'}), "
         f"{result['mixed_precision'] if result['mixed_precision'] != 'no' else 'fp32'}: {result.get('kernels', '')}"
     )
+    if "strided_weight_gradients" in result:
+        chosen = [v["kernel"] for v in result["strided_weight_gradients"].values()]
+        line += f" (im2col for {chosen.count('im2col')} of {len(chosen)} strided shapes)"
     if result.get("requested_precision", result["mixed_precision"]) != result["mixed_precision"]:
         line += f" (asked for {result['requested_precision']}, measured slower than fp32: {result['precision_timings_ms']} ms)"
     if "achieved_gflops" in result:

@@ -37,6 +37,10 @@ def test_bench_json_has_the_flop_figures(capsys):
     assert result["gflop_per_iter"] > 0 and result["peak_gflops"] > 0 and result["peak_dtype"] == "float32"
     assert result["achieved_gflops"] == pytest.approx(result["gflop_per_iter"] / result["sec_per_iter"], rel=0.01)
     assert result["fraction_of_peak"] == pytest.approx(result["achieved_gflops"] / result["peak_gflops"], rel=0.01)
+    # fp32 on the CPU: the strided convolutions' weight gradients timed per shape, as reported
+    strided = result["strided_weight_gradients"]
+    assert any("stride 2" in shape for shape in strided)
+    assert all(v["kernel"] in ("direct", "im2col") and v["direct_ms"] > 0 and v["im2col_ms"] > 0 for v in strided.values())
 
 
 def test_bench_text_shows_gflops_and_no_flops_skips_the_count(capsys):

@@ -390,7 +390,7 @@ def test_a_swapping_autoencoder_step_by_winograd_matches_the_direct_one(monkeypa
 def test_the_fused_path_reuses_its_scratch_buffers():
     """The fused path's transient buffers are kept and reused (fresh ones cost the kernel's page
     zeroing), at most ``KEPT`` of them, and reuse changes no result."""
-    from gan_style.nn.winograd import _scratch, release_scratch_buffers
+    from gan_style.nn.winograd import release_scratch_buffers, scratch
 
     def forward_backward(x, weight):
         x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
@@ -401,12 +401,12 @@ def test_the_fused_path_reuses_its_scratch_buffers():
     large = torch.randn(2, 32, 24, 24).contiguous(memory_format=torch.channels_last), torch.randn(48, 32, 3, 3)
     small = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last), torch.randn(16, 16, 5, 5)
     first = forward_backward(*large)
-    kept = {buffer.data_ptr() for buffer in _scratch.free}
-    assert 0 < len(kept) <= _scratch.KEPT
+    kept = {buffer.data_ptr() for buffer in scratch.free}
+    assert 0 < len(kept) <= scratch.KEPT
     forward_backward(*small)  # served from the large layer's buffers
     again = forward_backward(*large)
-    assert {buffer.data_ptr() for buffer in _scratch.free} == kept
+    assert {buffer.data_ptr() for buffer in scratch.free} == kept
     for a, b in zip(first, again, strict=True):
         assert torch.equal(a, b)
     release_scratch_buffers()
-    assert not _scratch.free
+    assert not scratch.free

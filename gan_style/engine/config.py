@@ -61,6 +61,8 @@ class TrainConfig:
     # networks) by Winograd's F(4x4, 3x3) and F(3x3, 4x4) (gan_style.nn.winograd): 4x fewer multiplications, ~3e-6 relative error
     # (direct: ~2e-6); with the fused C transforms also the 5x5 ones by F(4x4, 5x5): 6.25x fewer, ~1e-5.
     # "auto": where measured faster at start; false: PyTorch's direct convolutions throughout.
+    # Unless false, the strided convolutions' weight gradients of those steps run by im2col where
+    # timed faster for their shape at first use (gan_style.nn.strided).
     winograd: bool | Literal["auto"] = "auto"
     compile: bool = False
     # After each optimisation phase on the CPU, hand the C heap's free pages back to the system

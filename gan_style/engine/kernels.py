@@ -76,6 +76,7 @@ class KernelChoice:
     norm_kernel: str  # see gan_style.nn.layers.InstanceNorm2d.kernel
     timings_ms: dict[str, float] = field(default_factory=dict)
     conv_kernel: str = "direct"  # see gan_style.nn.layers.Conv2d.kernel
+    weight_gradient: str = "direct"  # strided convolutions' weight gradient: "direct" or "measured" (per shape)
 
     @property
     def probe_ms(self) -> float:
@@ -87,6 +88,8 @@ class KernelChoice:
         convs = f"{self.conv_kernel} 3x3 and 4x4 convolutions"
         if self.conv_kernel == "winograd" and self.channels_last and fused_winograd_available():
             convs = "winograd (fused C transforms) 3x3, 4x4 and 5x5 convolutions"
+        if self.weight_gradient == "measured":
+            convs += ", strided weight gradients by im2col where timed faster"
         return f"{layout}, {self.norm_kernel} instance norm, {convs}"
 
 
@@ -236,7 +239,10 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
             timings.update(conv_timings)
             if conv_timings["winograd 3x3 convolutions"] < conv_timings["direct 3x3 convolutions"] / 1.03:
                 conv_kernel = "winograd"
-    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel)
+    # The strided convolutions' weight gradients, in the same fp32 CPU steps, are timed per shape at
+    # their first use (gan_style.nn.strided): oneDNN's or im2col's, whichever is faster
+    weight_gradient = "measured" if winograd_possible else "direct"
+    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel, weight_gradient)
 
 
 def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet",
@@ -316,10 +322,13 @@ def set_norm_kernel(network: nn.Module, kernel: str) -> None:
             module.kernel = kernel
 
 
-def set_conv_kernel(network: nn.Module, kernel: str) -> None:
+def set_conv_kernel(network: nn.Module, kernel: str, weight_gradient: str | None = None) -> None:
     """Make every convolution layer of ``network`` that can run by Winograd
     (:class:`~gan_style.nn.layers.WinogradCapable`) run as ``kernel``
-    ("direct" or "winograd", see :class:`KernelChoice`)."""
+    ("direct" or "winograd", see :class:`KernelChoice`), and its strided forms' weight gradients
+    as ``weight_gradient`` ("direct" or "measured"; None: unchanged)."""
     for module in network.modules():
         if isinstance(module, WinogradCapable):
             module.kernel = kernel
+            if weight_gradient is not None:
+                module.weight_gradient = weight_gradient

@@ -87,7 +87,7 @@ class ResnetGenerator(nn.Module):
                 ]
             else:
                 layers += [
-                    nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1, bias=bias),
+                    Conv2d(channels, channels * 2, 3, stride=2, padding=1, bias=bias),
                     norm_layer(norm, channels * 2),
                     nn.ReLU(True),
                 ]

@@ -78,9 +78,12 @@ class WinogradCapable:
 
     ``kernel`` is set by the trainer from a measurement (gan_style.engine.kernels): "direct"
     (PyTorch's convolution; the default, so networks built outside a trainer, as
-    ``gan_style.load`` builds them for inference, run directly) or "winograd" where it applies."""
+    ``gan_style.load`` builds them for inference, run directly) or "winograd" where it applies.
+    ``weight_gradient``, likewise set by the trainer: "direct" (PyTorch's) or "measured" (the
+    strided convolutions' weight gradients by im2col where timed faster, ``gan_style.nn.strided``)."""
 
     kernel: str = "direct"
+    weight_gradient: str = "direct"
 
     def stride1_conv2d(self, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
         """``F.conv2d(x, weight, bias, padding=padding)``, by Winograd where ``kernel`` says so and it applies."""
@@ -90,15 +93,27 @@ class WinogradCapable:
             return winograd_conv2d(x, weight, bias, padding)
         return F.conv2d(x, weight, bias, padding=padding)
 
+    def strided_conv2d(self, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Tensor:
+        """``F.conv2d(x, weight, bias, stride=stride, padding=padding)``, its weight gradient by the
+        kernel measured faster for the shape where ``weight_gradient`` says so."""
+        if self.weight_gradient == "measured":
+            from gan_style.nn.strided import strided_conv2d  # it uses this module's layout helpers
+
+            return strided_conv2d(x, weight, bias, stride, padding)
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding)
+
 
 class Conv2d(WinogradCapable, nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict keys) whose stride-1, zero-padded forms can run
-    by Winograd in fp32 steps (:class:`WinogradCapable`); every other case runs directly."""
+    """``nn.Conv2d`` (same parameters and state-dict keys) whose zero-padded, ungrouped forms run by
+    the trainer's measured kernels (:class:`WinogradCapable`): stride 1 by Winograd in fp32 steps,
+    larger square strides with their weight gradient by im2col where faster; every other case directly."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
-                and isinstance(self.padding, tuple) and self.padding[0] == self.padding[1]):
-            return self.stride1_conv2d(x, self.weight, self.bias, self.padding[0])
+        if (self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+                and self.padding[0] == self.padding[1] and self.stride[0] == self.stride[1]):
+            if self.stride == (1, 1):
+                return self.stride1_conv2d(x, self.weight, self.bias, self.padding[0])
+            return self.strided_conv2d(x, self.weight, self.bias, self.stride[0], self.padding[0])
         return super().forward(x)
 
 

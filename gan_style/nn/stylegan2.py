@@ -202,7 +202,8 @@ def upsampling_blur_pad(taps: int, kernel_size: int, factor: int = 2) -> tuple[i
 # -- equalised learning rate ----------------------------------------------------------------------
 class EqualConv2d(WinogradCapable, nn.Module):
     """Conv2d whose N(0, 1) weight is scaled by 1/sqrt(in_channels * k * k) at run time; stride 1
-    can run by Winograd in fp32 steps (``WinogradCapable``)."""
+    can run by Winograd in fp32 steps, larger strides with their weight gradient by im2col
+    (``WinogradCapable``)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True
@@ -218,7 +219,7 @@ class EqualConv2d(WinogradCapable, nn.Module):
         weight = self.weight * self.scale
         if self.stride == 1:
             return self.stride1_conv2d(x, weight, self.bias, self.padding)
-        return F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
+        return self.strided_conv2d(x, weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         out_channels, in_channels, k, _ = self.weight.shape
@@ -350,6 +351,8 @@ class ModulatedConv2d(WinogradCapable, nn.Module):
             # conv_transpose2d takes (in, out / groups, k, k)
             weight = rearrange(weight, "(g o) i kh kw -> (g i) o kh kw", g=groups)
             out = F.conv_transpose2d(x, weight, stride=2, padding=0, groups=groups)
+        elif self.downsample and groups == 1:
+            out = self.strided_conv2d(self.blur(x), weight, None, 2, 0)
         elif self.downsample:
             out = F.conv2d(self.blur(x), weight, stride=2, padding=0, groups=groups)
         elif groups == 1:

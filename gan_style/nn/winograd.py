@@ -334,12 +334,13 @@ class _ScratchBuffers(threading.local):
         self.free.clear()
 
 
-_scratch = _ScratchBuffers()
+#: this thread's pool, shared with the im2col weight gradient of gan_style.nn.strided
+scratch = _ScratchBuffers()
 
 
 def release_scratch_buffers() -> None:
     """Return the memory the fused Winograd path keeps between layers (this thread's) to the allocator."""
-    _scratch.clear()
+    scratch.clear()
 
 
 class _NativeWinogradConv(torch.autograd.Function):
@@ -356,16 +357,16 @@ class _NativeWinogradConv(torch.autograd.Function):
         th, tw = -(-out_h // m), -(-out_w // m)
         tiles, a = n * th * tw, m + r - 1
         result = torch.empty((n, c_out, out_h, out_w), memory_format=torch.channels_last)
-        transformed = _scratch.take(a * a, tiles, c_in)  # V = B^T d B
+        transformed = scratch.take(a * a, tiles, c_in)  # V = B^T d B
         getattr(library, f"gs_input_transform_{r}")(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, padding, padding)
         kernel_transformed = _native_kernel_transform(library, weight, a)
-        products = torch.bmm(transformed, kernel_transformed.transpose(1, 2), out=_scratch.take(a * a, tiles, c_out))  # M = U * V
-        _scratch.give(transformed, kernel_transformed)
+        products = torch.bmm(transformed, kernel_transformed.transpose(1, 2), out=scratch.take(a * a, tiles, c_out))  # M = U * V
+        scratch.give(transformed, kernel_transformed)
         if bias is not None:
             bias = bias.contiguous()
         getattr(library, f"gs_output_transform_{r}")(products.data_ptr(), bias.data_ptr() if bias is not None else None,
                                                      result.data_ptr(), n, out_h, out_w, c_out, th, tw)
-        _scratch.give(products)
+        scratch.give(products)
         ctx.save_for_backward(x, weight)  # V is recomputed: it is 2.25x the input
         ctx.m, ctx.padding, ctx.has_bias = m, padding, bias is not None
         return result
@@ -384,7 +385,7 @@ class _NativeWinogradConv(torch.autograd.Function):
         th, tw = -(-out_h // m), -(-out_w // m)
         tiles, a = n * th * tw, m + r - 1
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-        grad_products = _scratch.take(a * a, tiles, c_out)  # A gY A^T
+        grad_products = scratch.take(a * a, tiles, c_out)  # A gY A^T
         getattr(library, f"gs_output_gradient_{r}")(grad_out.data_ptr(), grad_products.data_ptr(), n, out_h, out_w, c_out, th, tw)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:  # the weight's gradient (kept until the optimiser step) first, as in _WinogradConv
@@ -392,24 +393,24 @@ class _NativeWinogradConv(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_products[a + 1].sum(0)  # the point 1 in both directions: A^T's all-ones column
         if ctx.needs_input_grad[1]:
-            transformed = _scratch.take(a * a, tiles, c_in)
+            transformed = scratch.take(a * a, tiles, c_in)
             getattr(library, f"gs_input_transform_{r}")(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, padding, padding)
-            grad_kernel = torch.bmm(grad_products.transpose(1, 2), transformed, out=_scratch.take(a * a, c_out, c_in))  # (a², C_out, C_in)
-            _scratch.give(transformed)
+            grad_kernel = torch.bmm(grad_products.transpose(1, 2), transformed, out=scratch.take(a * a, c_out, c_in))  # (a², C_out, C_in)
+            scratch.give(transformed)
             getattr(library, f"gs_kernel_gradient_{r}")(grad_kernel.data_ptr(), grad_weight.data_ptr(), c_out, c_in)
-            _scratch.give(grad_kernel)
+            scratch.give(grad_kernel)
             if not is_channels_last(weight):
                 grad_weight = grad_weight.contiguous()
         if ctx.needs_input_grad[0]:
             kernel_transformed = _native_kernel_transform(library, weight, a)
-            grad_transformed = torch.bmm(grad_products, kernel_transformed, out=_scratch.take(a * a, tiles, c_in))  # (a², tiles, C_in)
-            _scratch.give(kernel_transformed)
+            grad_transformed = torch.bmm(grad_products, kernel_transformed, out=scratch.take(a * a, tiles, c_in))  # (a², tiles, C_in)
+            scratch.give(kernel_transformed)
             grad_input = torch.empty_like(x, memory_format=torch.channels_last)
             block = next(b for b in (64, 32, 16) if c_in % b == 0 and (n * c_in // b >= 2 * torch.get_num_threads() or b == 16))
             getattr(library, f"gs_input_gradient_{r}")(grad_transformed.data_ptr(), grad_input.data_ptr(), n, height, width, c_in, th, tw,
                                                        padding, padding, block)
-            _scratch.give(grad_transformed)
-        _scratch.give(grad_products)
+            scratch.give(grad_transformed)
+        scratch.give(grad_products)
         return grad_input, grad_weight, grad_bias, None, None
 
 
@@ -420,10 +421,10 @@ def _fused_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, m:
 
 def _native_kernel_transform(library: ctypes.CDLL, weight: Tensor, a: int) -> Tensor:
     """U = G g G^T as (a², C_out, C_in), from the weight as (C_out, r, r, C_in) in memory (no copy of a
-    channels-last weight), in a scratch buffer (``_scratch.give`` it back)."""
+    channels-last weight), in a scratch buffer (``scratch.give`` it back)."""
     c_out, c_in, r = weight.shape[:3]
     weight = weight.permute(0, 2, 3, 1).contiguous()
-    transformed = _scratch.take(a * a, c_out, c_in)
+    transformed = scratch.take(a * a, c_out, c_in)
     getattr(library, f"gs_kernel_transform_{r}")(weight.data_ptr(), transformed.data_ptr(), c_out, c_in)
     return transformed
 
