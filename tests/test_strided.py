@@ -98,13 +98,13 @@ def test_each_shape_is_timed_once_and_runs_the_faster_kernel(monkeypatch):
     forget_weight_gradient_choices()
     x, weight, bias = _inputs(2, 16, 32, 17, 3)
     _gradients(strided_conv2d, x, weight, bias, stride=2, padding=0)
-    assert ran == ["direct", "im2col"] * 2  # timed twice each, alternating
+    assert ran == ["direct", "im2col"] * 2 + ["direct"]  # timed twice each, alternating, then the faster once more
     (measured,) = weight_gradient_choices().values()
     assert measured["kernel"] == "direct"
     ran.clear()
     _gradients(strided_conv2d, x, weight, bias, stride=2, padding=0)
     _gradients(strided_conv2d, x[:1], weight, bias, stride=2, padding=0)  # another shape: timed
-    assert ran == ["direct"] + ["direct", "im2col"] * 2
+    assert ran == ["direct"] + ["direct", "im2col"] * 2 + ["direct"]
     assert len(weight_gradient_choices()) == 2
     forget_weight_gradient_choices()
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -117,26 +117,26 @@ def conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padd
     """The (input, weight, bias) gradients of ``F.conv2d(x, weight, bias, stride=stride,
     padding=padding)`` given dL/dy, as ``needs`` asks: PyTorch's backward in one call, or its input
     and bias gradients with the weight's by im2col, whichever was faster for this shape (both are
-    timed at its first use, with the weight gradient needed)."""
+    timed at its first use with the weight gradient needed, twice each, alternating; then the faster
+    computes the result)."""
     if not needs[1]:
         return _pytorch_backward(grad_out, x, weight, stride, padding, needs)
     key = (tuple(x.shape), tuple(weight.shape), stride, padding, torch.get_num_threads())
     choice = _choices.get(key)
     if choice is not None:
-        return (_im2col_backward if choice.kernel == "im2col" else _pytorch_backward)(grad_out, x, weight, stride, padding, needs)
+        return _backwards()[choice.kernel](grad_out, x, weight, stride, padding, needs)
     timings: dict[str, list[float]] = {"direct": [], "im2col": []}
-    results = {}
     for _ in range(2):  # alternating, the best of two each: the first call of either may meet fresh pages
-        for kernel, backward in (("direct", _pytorch_backward), ("im2col", _im2col_backward)):
+        for kernel, backward in _backwards().items():
             start = time.perf_counter()
-            results[kernel] = backward(grad_out, x, weight, stride, padding, needs)
+            backward(grad_out, x, weight, stride, padding, needs)  # dropped at once: two input gradients alive would raise the peak
             timings[kernel].append((time.perf_counter() - start) * 1e3)
     choice = WeightGradientChoice(min(timings["direct"]), min(timings["im2col"]))
     with _choices_lock:
         _choices[key] = choice
     logger.debug("strided weight gradient %s: %s (direct %.1f ms, im2col %.1f ms)", _describe(key), choice.kernel,
                  choice.direct_ms, choice.im2col_ms)
-    return results[choice.kernel]
+    return _backwards()[choice.kernel](grad_out, x, weight, stride, padding, needs)  # once more, kept
 
 
 def _pytorch_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int,
@@ -149,6 +149,11 @@ def _im2col_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, p
                      needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     grad_input, _, grad_bias = _pytorch_backward(grad_out, x, weight, stride, padding, (needs[0], False, needs[2]))
     return grad_input, im2col_weight_gradient(x, grad_out, weight, stride, padding), grad_bias
+
+
+def _backwards() -> dict[str, Callable[..., tuple[Tensor | None, Tensor | None, Tensor | None]]]:
+    # looked up at each call (tests replace the functions)
+    return {"direct": _pytorch_backward, "im2col": _im2col_backward}
 
 
 def im2col_weight_gradient(x: Tensor, grad_out: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
