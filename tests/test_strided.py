@@ -164,3 +164,29 @@ def test_the_trainer_measures_them_in_fp32_cpu_steps_only():
     assert "strided weight gradients by im2col" in choose_kernels("cpu", torch.float32, winograd=True).describe()
     assert choose_kernels("cpu", torch.float32, winograd=False).weight_gradient == "direct"
     assert choose_kernels("cpu", torch.bfloat16, winograd=True).weight_gradient == "direct"
+
+
+def test_a_gradient_of_the_inputs_alone_skips_the_weights(monkeypatch):
+    """R1's first pass (``autograd.grad`` of the images only, create_graph) computes no weight
+    gradient, as PyTorch's own convolution does not; a full backward computes all three."""
+    asked = []
+    monkeypatch.setattr(strided, "_pytorch_backward", lambda *args, _run=strided._pytorch_backward: asked.append(args[-1]) or _run(*args))
+    x, weight, bias = _inputs(2, 16, 32, 17, 3)
+    for leaf_weight in (True, False):  # Conv2d's parameter, or EqualConv2d's scaled weight
+        leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        conv_weight = leaves[1] if leaf_weight else leaves[1] * 1.0
+        out = strided_conv2d(leaves[0], conv_weight, leaves[2], 2, 0)
+        asked.clear()
+        (grad_x,) = torch.autograd.grad(out.square().sum(), leaves[0], create_graph=True)
+        assert torch.autograd.grad(out.sum(), leaves[1], retain_graph=True)[0].shape == weight.shape  # a leaf asked for
+        assert asked.pop() == (False, True, False)  # the weight alone, whether a leaf or not
+        assert asked == [(True, False, False)]
+        asked.clear()
+        (out.sum() + grad_x.square().sum()).backward()
+        assert asked[0] == (True, True, True)
+        reference = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        out = F.conv2d(*reference, stride=2)
+        (grad_x,) = torch.autograd.grad(out.square().sum(), reference[0], create_graph=True)
+        (out.sum() + grad_x.square().sum()).backward()
+        for ours, theirs in zip(leaves, reference, strict=True):
+            assert (ours.grad - theirs.grad).abs().max() <= 1e-5 * theirs.grad.abs().max()

@@ -118,6 +118,27 @@ def test_a_gradient_penalty_through_winograd_is_the_direct_convolutions(kernel, 
         assert torch.allclose(ours, direct, rtol=1e-4 if fused else 1e-6, atol=1e-5 * direct.abs().max().item() if fused else 0)
 
 
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=needs_fused)])
+def test_a_gradient_of_the_inputs_alone_skips_the_weights(fused, monkeypatch):
+    """R1's first pass asks for the images' gradient only: no weight or bias gradient is computed,
+    as PyTorch's convolution computes none (the engine is asked, not ``needs_input_grad``)."""
+    from gan_style.nn import winograd
+
+    asked = []
+    monkeypatch.setattr(winograd, "_direct_backward", lambda *args, _run=winograd._direct_backward: asked.append(tuple(args[3]) + (args[4],)) or _run(*args))
+    x = torch.randn(2, 16, 9, 9)
+    if fused:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight, bias = torch.randn(16, 16, 3, 3, requires_grad=True), torch.randn(16, requires_grad=True)
+    out = winograd_conv2d(x, weight, bias, padding=1, native=fused)
+    torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    assert asked == [(True, False, False)]
+    asked.clear()
+    torch.autograd.grad(out.square().sum(), weight, create_graph=True)
+    assert asked == [(False, True, False)]
+
+
 WINOGRAD_BACKWARDS = {"_WinogradConvBackward", "_NativeWinogradConvBackward"}
 
 

@@ -45,6 +45,21 @@ def autocast_on(x: Tensor) -> bool:
         return False
 
 
+def engine_uses(ctx: Any, index: int) -> bool:
+    """Whether this backward pass, of the custom autograd Function whose ``ctx`` is given, uses the
+    gradient of its input ``index``. ``needs_input_grad`` says
+    what required gradients in the forward. ``autograd.grad`` may ask for less: R1's first pass asks
+    for the images' gradient only, and PyTorch's own convolution then skips the weight's (its
+    ``output_mask``), so the engine is asked whether it will run the node the gradient goes to."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    node = ctx.next_functions[index][0]
+    try:
+        return node is None or torch._C._will_engine_execute_node(node)
+    except (AttributeError, RuntimeError):  # a leaf autograd.grad asked for (it is captured, not run); a PyTorch without the query
+        return True
+
+
 class ReflectionPad2d(_PadsInItsInputDtype, nn.ReflectionPad2d):
     """``nn.ReflectionPad2d`` in its input's dtype under autocast (see ``_PadsInItsInputDtype``)."""
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gan_style.nn.layers import autocast_on, is_channels_last
+from gan_style.nn.layers import autocast_on, engine_uses, is_channels_last
 from gan_style.nn.winograd import scratch
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class _StridedConv(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         stride, padding = ctx.stride, ctx.padding
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        needs = (engine_uses(ctx, 0), engine_uses(ctx, 1), ctx.has_bias and engine_uses(ctx, 2))
         if torch.is_grad_enabled():  # create_graph (R1): PyTorch's backward, which autograd differentiates
             return (*_pytorch_backward(grad_out, x, weight, stride, padding, needs), None, None)
         return (*conv_backward(grad_out, x, weight, stride, padding, needs), None, None)

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gan_style.nn.layers import is_channels_last
+from gan_style.nn.layers import engine_uses, is_channels_last
 from gan_style.nn.native import compile_library
 
 
@@ -209,8 +209,9 @@ class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         padded, weight = ctx.saved_tensors
+        needs = [engine_uses(ctx, 0), engine_uses(ctx, 1), ctx.has_bias and engine_uses(ctx, 2)]  # R1's first pass: the input's alone
         if torch.is_grad_enabled():  # create_graph (a gradient penalty): a backward autograd can differentiate
-            return (*_direct_backward(padded, weight, grad_out, ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2]), None)
+            return (*_direct_backward(padded, weight, grad_out, needs[:2], needs[2]), None)
         m, (th, tw) = ctx.m, ctx.tiles
         r = weight.shape[2]
         a = m + r - 1
@@ -224,16 +225,16 @@ class _WinogradConv(torch.autograd.Function):
         grad_products = (output_t.t() @ grad_tiles.reshape(m * m, -1)).view(a * a, n * th * tw, c_out)
         grad_input = grad_weight = grad_bias = None
         # the weight's gradient (kept until the optimiser step) before the temporaries, as in forward
-        if ctx.needs_input_grad[1]:
+        if needs[1]:
             layout = torch.channels_last if is_channels_last(weight) else torch.contiguous_format
             grad_weight = torch.empty_like(weight, memory_format=layout)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if needs[2]:
             grad_bias = grad_products[a + 1].sum(0)
-        if ctx.needs_input_grad[1]:
+        if needs[1]:
             grad_kernel = torch.bmm(grad_products.transpose(1, 2), _input_transform(padded, m, input_t))  # (a², C_out, C_in)
             _kernel_gradient(grad_kernel, kernel_t, out=grad_weight)
             del grad_kernel
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             grad_transformed = torch.bmm(grad_products, _kernel_transform(weight, kernel_t))
             del grad_products
             grad_tiles = (input_t.t() @ grad_transformed.view(a * a, -1)).view(a, a, n, th, tw, c_in)
@@ -244,10 +245,10 @@ class _WinogradConv(torch.autograd.Function):
 
 def _direct_backward(padded: Tensor, weight: Tensor, grad_out: Tensor, needs: tuple[bool, bool], bias_needed: bool,
                      padding: int = 0) -> tuple[Tensor | None, ...]:
-    """The convolution's gradients by PyTorch's direct convolutions, differentiable again."""
-    grad_input = torch.nn.grad.conv2d_input(padded.shape, weight, grad_out, padding=padding) if needs[0] else None
-    grad_weight = torch.nn.grad.conv2d_weight(padded, weight.shape, grad_out, padding=padding) if needs[1] else None
-    return grad_input, grad_weight, grad_out.sum((0, 2, 3)) if bias_needed else None
+    """The convolution's gradients by PyTorch's backward, in one call, which autograd differentiates
+    as it would PyTorch's own convolution."""
+    return torch.ops.aten.convolution_backward(grad_out, padded, weight, [weight.shape[0]] if bias_needed else None, [1, 1],
+                                               [padding] * 2, [1, 1], False, [0, 0], 1, [*needs, bias_needed])
 
 
 def _c_matrix(name: str, rows: list[list[Fraction]], columns: int) -> str:
@@ -375,8 +376,9 @@ class _NativeWinogradConv(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         m, padding = ctx.m, ctx.padding
+        needs = [engine_uses(ctx, 0), engine_uses(ctx, 1), ctx.has_bias and engine_uses(ctx, 2)]  # R1's first pass: the input's alone
         if torch.is_grad_enabled():  # create_graph: a backward autograd can differentiate
-            grads = _direct_backward(x, weight, grad_out, ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2], padding)
+            grads = _direct_backward(x, weight, grad_out, needs[:2], needs[2], padding)
             return (*grads, None, None)
         library = _native()
         n, c_in, height, width = x.shape
@@ -388,11 +390,11 @@ class _NativeWinogradConv(torch.autograd.Function):
         grad_products = scratch.take(a * a, tiles, c_out)  # A gY A^T
         getattr(library, f"gs_output_gradient_{r}")(grad_out.data_ptr(), grad_products.data_ptr(), n, out_h, out_w, c_out, th, tw)
         grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:  # the weight's gradient (kept until the optimiser step) first, as in _WinogradConv
+        if needs[1]:  # the weight's gradient (kept until the optimiser step) first, as in _WinogradConv
             grad_weight = torch.empty_like(weight, memory_format=torch.channels_last)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if needs[2]:
             grad_bias = grad_products[a + 1].sum(0)  # the point 1 in both directions: A^T's all-ones column
-        if ctx.needs_input_grad[1]:
+        if needs[1]:
             transformed = scratch.take(a * a, tiles, c_in)
             getattr(library, f"gs_input_transform_{r}")(x.data_ptr(), transformed.data_ptr(), n, height, width, c_in, th, tw, padding, padding)
             grad_kernel = torch.bmm(grad_products.transpose(1, 2), transformed, out=scratch.take(a * a, c_out, c_in))  # (a², C_out, C_in)
@@ -401,7 +403,7 @@ class _NativeWinogradConv(torch.autograd.Function):
             scratch.give(grad_kernel)
             if not is_channels_last(weight):
                 grad_weight = grad_weight.contiguous()
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             kernel_transformed = _native_kernel_transform(library, weight, a)
             grad_transformed = torch.bmm(grad_products, kernel_transformed, out=scratch.take(a * a, tiles, c_in))  # (a², tiles, C_in)
             scratch.give(kernel_transformed)
