@@ -4,11 +4,11 @@
 dL/dW of a convolution is sum over output positions of dL/dy (C_out) times the input patch it read
 (C_in * k * k): with the patches gathered as the rows of a matrix (im2col), one GEMM. oneDNN's own
 weight gradient of a stride-2 convolution over a large map ran at 60-90 GFLOP/s on a 2-core Zen 4
-EPYC while its forward ran at ~215: the Swapping Autoencoder discriminator's 3x3 256->512 layer
-from 129x129 at batch 6 took 959 ms, by im2col 321 ms (docs/speed.md, session k). On other shapes
-oneDNN wins (the patch discriminator's 32->64 at batch 32: 36 against 64 ms), so each shape is
-timed both ways the first time its gradient is needed (``weight_gradient_choices`` lists the
-verdicts) and runs the faster from then on. The columns are gathered block by block into reused
+EPYC while its forward ran at ~215. The Swapping Autoencoder discriminator's 3x3 256->512 layer
+from 129x129 at batch 6 took 1226 ms for its whole backward, 633 ms with the weight gradient by
+im2col (docs/speed.md, session k). On other shapes oneDNN wins (the patch discriminator's 32->64
+from 129x129 at batch 32: 80 against 91 ms), so each shape is timed both ways the first time its
+gradient is needed (``weight_gradient_choices`` lists the verdicts) and runs the faster from then on. The columns are gathered block by block into reused
 buffers (``gan_style.nn.winograd.scratch``, at most ``COLUMN_BLOCK_BYTES`` each), not one
 N*H*W x C*k*k matrix of fresh pages.
 
