@@ -81,8 +81,8 @@ def test_strided_conv2d_is_the_convolution_forward_and_backward(shape):
 def test_each_shape_is_timed_once_and_runs_the_faster_kernel(monkeypatch):
     ran, now = [], [0.0]  # a fake clock: im2col made to look 10x slower
 
-    def pytorch_backward(*args, _run=strided._pytorch_backward):
-        if args[-1][1]:  # the weight's gradient: PyTorch's whole backward, not im2col's input gradient
+    def pytorch_backward(*args, _run=strided.pytorch_conv_backward):
+        if args[3][1]:  # the weight's gradient: PyTorch's whole backward, not im2col's input gradient
             ran.append("direct")
             now[0] += 1.0
         return _run(*args)
@@ -92,7 +92,7 @@ def test_each_shape_is_timed_once_and_runs_the_faster_kernel(monkeypatch):
         now[0] += 10.0
         return _run(*args)
 
-    monkeypatch.setattr(strided, "_pytorch_backward", pytorch_backward)
+    monkeypatch.setattr(strided, "pytorch_conv_backward", pytorch_backward)
     monkeypatch.setattr(strided, "im2col_weight_gradient", im2col)
     monkeypatch.setattr(strided.time, "perf_counter", lambda: now[0])
     forget_weight_gradient_choices()
@@ -170,7 +170,7 @@ def test_a_gradient_of_the_inputs_alone_skips_the_weights(monkeypatch):
     """R1's first pass (``autograd.grad`` of the images only, create_graph) computes no weight
     gradient, as PyTorch's own convolution does not; a full backward computes all three."""
     asked = []
-    monkeypatch.setattr(strided, "_pytorch_backward", lambda *args, _run=strided._pytorch_backward: asked.append(args[-1]) or _run(*args))
+    monkeypatch.setattr(strided, "pytorch_conv_backward", lambda *args, _run=strided.pytorch_conv_backward: asked.append(args[3]) or _run(*args))
     x, weight, bias = _inputs(2, 16, 32, 17, 3)
     for leaf_weight in (True, False):  # Conv2d's parameter, or EqualConv2d's scaled weight
         leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]

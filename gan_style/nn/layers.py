@@ -46,11 +46,11 @@ def autocast_on(x: Tensor) -> bool:
 
 
 def engine_uses(ctx: Any, index: int) -> bool:
-    """Whether this backward pass, of the custom autograd Function whose ``ctx`` is given, uses the
-    gradient of its input ``index``. ``needs_input_grad`` says
-    what required gradients in the forward. ``autograd.grad`` may ask for less: R1's first pass asks
-    for the images' gradient only, and PyTorch's own convolution then skips the weight's (its
-    ``output_mask``), so the engine is asked whether it will run the node the gradient goes to."""
+    """Whether this backward pass of a custom autograd Function (``ctx``) uses the gradient of its
+    input ``index``. ``needs_input_grad`` says what required gradients in the forward;
+    ``autograd.grad`` may ask for less: R1's first pass asks for the images' gradient only, and
+    PyTorch's own convolution then skips the weight's (its ``output_mask``). So the engine is asked
+    whether it will run the node the gradient goes to."""
     if not ctx.needs_input_grad[index]:
         return False
     node = ctx.next_functions[index][0]
@@ -58,6 +58,21 @@ def engine_uses(ctx: Any, index: int) -> bool:
         return node is None or torch._C._will_engine_execute_node(node)
     except (AttributeError, RuntimeError):  # a leaf autograd.grad asked for (it is captured, not run); a PyTorch without the query
         return True
+
+
+def conv_gradients_needed(ctx: Any) -> tuple[bool, bool, bool]:
+    """(input, weight, bias): which gradients this backward pass of a convolution Function whose
+    inputs start with (x, weight, bias) uses (``engine_uses``; ``ctx.has_bias`` set in its forward)."""
+    return engine_uses(ctx, 0), engine_uses(ctx, 1), ctx.has_bias and engine_uses(ctx, 2)
+
+
+def pytorch_conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool], stride: int = 1,
+                          padding: int = 0) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The (input, weight, bias) gradients of ``F.conv2d(x, weight, bias, stride=stride,
+    padding=padding)`` that ``needs`` asks for, by PyTorch's backward in one call, which autograd
+    differentiates as it would PyTorch's own convolution (R1's create_graph)."""
+    return torch.ops.aten.convolution_backward(grad_out, x, weight, [weight.shape[0]] if needs[2] else None, [stride] * 2,
+                                               [padding] * 2, [1, 1], False, [0, 0], 1, list(needs))
 
 
 class ReflectionPad2d(_PadsInItsInputDtype, nn.ReflectionPad2d):

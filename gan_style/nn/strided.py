@@ -8,9 +8,9 @@ EPYC while its forward ran at ~215. The Swapping Autoencoder discriminator's 3x3
 from 129x129 at batch 6 took 1226 ms for its whole backward, 633 ms with the weight gradient by
 im2col (docs/speed.md, session k). On other shapes oneDNN wins (the patch discriminator's 32->64
 from 129x129 at batch 32: 80 against 91 ms), so each shape is timed both ways the first time its
-gradient is needed (``weight_gradient_choices`` lists the verdicts) and runs the faster from then on. The columns are gathered block by block into reused
-buffers (``gan_style.nn.winograd.scratch``, at most ``COLUMN_BLOCK_BYTES`` each), not one
-N*H*W x C*k*k matrix of fresh pages.
+gradient is needed (``weight_gradient_choices`` lists the verdicts) and runs the faster from then
+on. The columns are gathered block by block into reused buffers (``gan_style.nn.winograd.scratch``,
+at most ``COLUMN_BLOCK_BYTES`` each), not one N*H*W x C*k*k matrix of fresh pages.
 
 The input gradient and the forward stay PyTorch's. A gradient penalty through the layer
 (``create_graph``) gets PyTorch's backward, in one call, which autograd differentiates as it would
@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gan_style.nn.layers import autocast_on, engine_uses, is_channels_last
+from gan_style.nn.layers import autocast_on, conv_gradients_needed, is_channels_last, pytorch_conv_backward
 from gan_style.nn.winograd import scratch
 
 logger = logging.getLogger(__name__)
@@ -106,9 +106,9 @@ class _StridedConv(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         stride, padding = ctx.stride, ctx.padding
-        needs = (engine_uses(ctx, 0), engine_uses(ctx, 1), ctx.has_bias and engine_uses(ctx, 2))
+        needs = conv_gradients_needed(ctx)
         if torch.is_grad_enabled():  # create_graph (R1): PyTorch's backward, which autograd differentiates
-            return (*_pytorch_backward(grad_out, x, weight, stride, padding, needs), None, None)
+            return (*pytorch_conv_backward(grad_out, x, weight, needs, stride, padding), None, None)
         return (*conv_backward(grad_out, x, weight, stride, padding, needs), None, None)
 
 
@@ -120,40 +120,33 @@ def conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padd
     timed at its first use with the weight gradient needed, twice each, alternating; then the faster
     computes the result)."""
     if not needs[1]:
-        return _pytorch_backward(grad_out, x, weight, stride, padding, needs)
+        return pytorch_conv_backward(grad_out, x, weight, needs, stride, padding)
     key = (tuple(x.shape), tuple(weight.shape), stride, padding, torch.get_num_threads())
     choice = _choices.get(key)
     if choice is not None:
-        return _backwards()[choice.kernel](grad_out, x, weight, stride, padding, needs)
+        return _backward(choice.kernel, grad_out, x, weight, needs, stride, padding)
     timings: dict[str, list[float]] = {"direct": [], "im2col": []}
     for _ in range(2):  # alternating, the best of two each: the first call of either may meet fresh pages
-        for kernel, backward in _backwards().items():
+        for kernel, times in timings.items():
             start = time.perf_counter()
-            backward(grad_out, x, weight, stride, padding, needs)  # dropped at once: two input gradients alive would raise the peak
-            timings[kernel].append((time.perf_counter() - start) * 1e3)
+            _backward(kernel, grad_out, x, weight, needs, stride, padding)  # dropped at once: two input gradients alive would raise the peak
+            times.append((time.perf_counter() - start) * 1e3)
     choice = WeightGradientChoice(min(timings["direct"]), min(timings["im2col"]))
     with _choices_lock:
         _choices[key] = choice
     logger.debug("strided weight gradient %s: %s (direct %.1f ms, im2col %.1f ms)", _describe(key), choice.kernel,
                  choice.direct_ms, choice.im2col_ms)
-    return _backwards()[choice.kernel](grad_out, x, weight, stride, padding, needs)  # once more, kept
+    return _backward(choice.kernel, grad_out, x, weight, needs, stride, padding)  # once more, kept
 
 
-def _pytorch_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int,
-                      needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    return torch.ops.aten.convolution_backward(grad_out, x, weight, [weight.shape[0]] if needs[2] else None, [stride] * 2,
-                                               [padding] * 2, [1, 1], False, [0, 0], 1, list(needs))
-
-
-def _im2col_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int,
-                     needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    grad_input, _, grad_bias = _pytorch_backward(grad_out, x, weight, stride, padding, (needs[0], False, needs[2]))
+def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool], stride: int,
+              padding: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The gradients by ``kernel``: "direct", PyTorch's whole backward; "im2col", PyTorch's input and
+    bias gradients with the weight's by :func:`im2col_weight_gradient`."""
+    if kernel == "direct":
+        return pytorch_conv_backward(grad_out, x, weight, needs, stride, padding)
+    grad_input, _, grad_bias = pytorch_conv_backward(grad_out, x, weight, (needs[0], False, needs[2]), stride, padding)
     return grad_input, im2col_weight_gradient(x, grad_out, weight, stride, padding), grad_bias
-
-
-def _backwards() -> dict[str, Callable[..., tuple[Tensor | None, Tensor | None, Tensor | None]]]:
-    # looked up at each call (tests replace the functions)
-    return {"direct": _pytorch_backward, "im2col": _im2col_backward}
 
 
 def im2col_weight_gradient(x: Tensor, grad_out: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:

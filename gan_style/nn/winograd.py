@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gan_style.nn.layers import engine_uses, is_channels_last
+from gan_style.nn.layers import conv_gradients_needed, is_channels_last, pytorch_conv_backward
 from gan_style.nn.native import compile_library
 
 
@@ -209,9 +209,9 @@ class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         padded, weight = ctx.saved_tensors
-        needs = [engine_uses(ctx, 0), engine_uses(ctx, 1), ctx.has_bias and engine_uses(ctx, 2)]  # R1's first pass: the input's alone
+        needs = conv_gradients_needed(ctx)  # R1's first pass: the input's alone
         if torch.is_grad_enabled():  # create_graph (a gradient penalty): a backward autograd can differentiate
-            return (*_direct_backward(padded, weight, grad_out, needs[:2], needs[2]), None)
+            return (*pytorch_conv_backward(grad_out, padded, weight, needs), None)
         m, (th, tw) = ctx.m, ctx.tiles
         r = weight.shape[2]
         a = m + r - 1
@@ -241,14 +241,6 @@ class _WinogradConv(torch.autograd.Function):
             del grad_transformed
             grad_input = _overlap_add(grad_tiles, m, ctx.channels_last)
         return grad_input, grad_weight, grad_bias, None
-
-
-def _direct_backward(padded: Tensor, weight: Tensor, grad_out: Tensor, needs: tuple[bool, bool], bias_needed: bool,
-                     padding: int = 0) -> tuple[Tensor | None, ...]:
-    """The convolution's gradients by PyTorch's backward, in one call, which autograd differentiates
-    as it would PyTorch's own convolution."""
-    return torch.ops.aten.convolution_backward(grad_out, padded, weight, [weight.shape[0]] if bias_needed else None, [1, 1],
-                                               [padding] * 2, [1, 1], False, [0, 0], 1, [*needs, bias_needed])
 
 
 def _c_matrix(name: str, rows: list[list[Fraction]], columns: int) -> str:
@@ -376,10 +368,9 @@ class _NativeWinogradConv(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         m, padding = ctx.m, ctx.padding
-        needs = [engine_uses(ctx, 0), engine_uses(ctx, 1), ctx.has_bias and engine_uses(ctx, 2)]  # R1's first pass: the input's alone
+        needs = conv_gradients_needed(ctx)  # R1's first pass: the input's alone
         if torch.is_grad_enabled():  # create_graph: a backward autograd can differentiate
-            grads = _direct_backward(x, weight, grad_out, needs[:2], needs[2], padding)
-            return (*grads, None, None)
+            return (*pytorch_conv_backward(grad_out, x, weight, needs, padding=padding), None, None)
         library = _native()
         n, c_in, height, width = x.shape
         c_out, r = weight.shape[0], weight.shape[2]
