@@ -2,10 +2,13 @@
 alternates the two kernels step by step (A B, then B A) and reports the median of the paired step
 ratios. ``--compare weight-gradient``: PyTorch's backward of the strided convolutions against the
 per-shape choice of gan_style.nn.strided (im2col's weight gradient where timed faster), the
-stride-1 convolutions by Winograd in both.
+stride-1 convolutions by Winograd in both. ``--compare pages``: PyTorch's CPU allocator against
+train.reuse_pages (large tensors on the pages of freed ones, gan_style.engine.memory), kernels as
+the trainer chose them.
 
     python eval/conv_kernel_ab.py fastcut --size 128 --steps 16 [--set flip_equivariance=false]
     python eval/conv_kernel_ab.py swapae --size 128 --steps 4 --compare weight-gradient --set data.crop_size=128 --set data.load_size=128
+    python eval/conv_kernel_ab.py cyclegan --size 128 --steps 16 --compare pages
 
 Why in one process: on a shared 2-core machine our fp32 step time swung by ±20 % between processes
 (``side_by_side.py``, ``gan-style bench``) while a 5-10 % change was what needed measuring; adjacent
@@ -27,13 +30,16 @@ from gan_style.bench import timing_unit
 from gan_style.config import parse_set_arguments
 from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.kernels import set_conv_kernel
+from gan_style.engine.memory import PAGE_REUSE_MIN_BYTES, page_reuse_counters, set_page_reuse_min_bytes
 from gan_style.engine.trainer import Trainer
 from gan_style.errors import UserError
 from gan_style.methods import get_method
 
-#: per comparison, the two settings as (name, conv kernel, strided weight gradient)
-SETTINGS = {"winograd": (("direct", "direct", "direct"), ("winograd", "winograd", "direct")),
-            "weight-gradient": (("direct", "winograd", "direct"), ("measured", "winograd", "measured"))}
+#: per comparison, the two settings as (name, conv kernel, strided weight gradient, large blocks
+#: on freed pages); None: as the trainer chose
+SETTINGS = {"winograd": (("direct", "direct", "direct", None), ("winograd", "winograd", "direct", None)),
+            "weight-gradient": (("direct", "winograd", "direct", None), ("measured", "winograd", "measured", None)),
+            "pages": (("pytorch", None, None, False), ("reused", None, None, True))}
 
 
 def main() -> None:
@@ -45,30 +51,38 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--compare", choices=tuple(SETTINGS), default="winograd",
                         help="winograd: direct against Winograd convolutions (default); weight-gradient: PyTorch's strided backward against the measured choice")
+    parser.add_argument("--page-min-mb", type=float, default=PAGE_REUSE_MIN_BYTES / 2**20,
+                        help="--compare pages: the smallest block served from freed pages, in MB")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
         method_cls = get_method(args.method)
         batch_size = method_cls.bench_batch_size
-        settings = {"train.batch_size": batch_size, "train.winograd": True, **parse_set_arguments(args.set)}
+        winograd = {} if args.compare == "pages" else {"train.winograd": True}
+        settings = {"train.batch_size": batch_size, **winograd, **parse_set_arguments(args.set)}
         config = config_from_overrides(method_cls, None, settings)
     except UserError as error:  # an unknown method or option: one line, no traceback
         sys.exit(f"error: {error}")
     trainer = Trainer(method_cls(config), run_dir=None, show_progress=False)
     unit, _ = timing_unit(trainer, args.size, batch_size)
     sides = SETTINGS[args.compare]
-    seconds: dict[str, list[float]] = {name: [] for name, _, _ in sides}
+    if args.compare == "pages" and page_reuse_counters() is None:
+        sys.exit("error: --compare pages: the page-reusing allocator is not installed here (train.reuse_pages=false, not Linux, no C++ compiler or GAN_STYLE_NATIVE=0)")
+    seconds: dict[str, list[float]] = {name: [] for name, *_ in sides}
     for pair in range(args.steps + 1):
-        for name, kernel, weight_gradient in sides if pair % 2 == 0 else sides[::-1]:
-            for network in trainer.networks.values():
-                set_conv_kernel(network, kernel, weight_gradient)
+        for name, kernel, weight_gradient, reuse in sides if pair % 2 == 0 else sides[::-1]:
+            if kernel is not None:
+                for network in trainer.networks.values():
+                    set_conv_kernel(network, kernel, weight_gradient)
+            if reuse is not None:
+                set_page_reuse_min_bytes(int(args.page_min_mb * 2**20) if reuse else None)
             start = time.perf_counter()
             unit()
             if pair:
                 seconds[name].append(time.perf_counter() - start)
     for name, times in seconds.items():
         print(f"{name:9s} median {statistics.median(times):.3f} s, min {min(times):.3f} s over {len(times)} steps")
-    (base, _, _), (new, _, _) = sides
+    (base, *_), (new, *_) = sides
     ratios = [b / a for a, b in zip(seconds[base], seconds[new], strict=True)]
     quartiles = statistics.quantiles(ratios, n=4)
     print(f"{new} / {base}: median of paired step ratios {statistics.median(ratios):.3f} (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})")

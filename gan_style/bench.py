@@ -128,6 +128,7 @@ def timing_unit(trainer: Trainer, size: int, batch_size: int) -> tuple[Callable[
 def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, batch_size: int | None = None, preset: str | None = None, overrides: Mapping[str, Any] | None = None, count_flops: bool = True) -> dict[str, Any]:
     from gan_style.engine.contract import config_from_overrides
     from gan_style.engine.kernels import STEP_DTYPES, set_conv_kernel
+    from gan_style.engine.memory import page_reuse_counters
     from gan_style.engine.trainer import Trainer
     from gan_style.methods import get_method
     from gan_style.nn.strided import weight_gradient_choices
@@ -173,6 +174,11 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
+    pages = page_reuse_counters()  # train.reuse_pages on the CPU
+    if pages is not None:
+        result["page_reuse"] = {"reused_fraction": round(pages.reused_fraction, 4), "fresh_mb": round(pages.fresh_bytes / 2**20),
+                                "grown_mb": round(pages.grown_bytes / 2**20), "reused_mb": round(pages.reused_bytes / 2**20),
+                                "peak_mapped_mb": round(pages.peak_mapped_bytes / 2**20)}
     strided = weight_gradient_choices()  # timed per shape in the steps above (fp32 CPU steps)
     if strided:
         result["strided_weight_gradients"] = strided
@@ -217,6 +223,8 @@ def format_result(result: Mapping[str, Any], as_json: bool) -> str:
     if "strided_weight_gradients" in result:
         chosen = [v["kernel"] for v in result["strided_weight_gradients"].values()]
         line += f" (im2col for {chosen.count('im2col')} of {len(chosen)} strided shapes)"
+    if "page_reuse" in result:
+        line += f", freed pages reused for {100 * result['page_reuse']['reused_fraction']:.3g}% of the large blocks' bytes"
     if result.get("requested_precision", result["mixed_precision"]) != result["mixed_precision"]:
         line += f" (asked for {result['requested_precision']}, measured slower than fp32: {result['precision_timings_ms']} ms)"
     if "achieved_gflops" in result:

@@ -35,6 +35,11 @@ def test_bench_json_has_the_flop_figures(capsys):
     assert cli_main(["bench", "cyclegan", *TINY_ARGS, "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["gflop_per_iter"] > 0 and result["peak_gflops"] > 0 and result["peak_dtype"] == "float32"
+    # train.reuse_pages (on by default): what the page-reusing allocator did, where it could be built
+    from gan_style.engine.memory import page_reuse_counters
+
+    if page_reuse_counters() is not None:
+        assert 0 <= result["page_reuse"]["reused_fraction"] <= 1 and result["page_reuse"]["peak_mapped_mb"] >= 0
     assert result["achieved_gflops"] == pytest.approx(result["gflop_per_iter"] / result["sec_per_iter"], rel=0.01)
     assert result["fraction_of_peak"] == pytest.approx(result["achieved_gflops"] / result["peak_gflops"], rel=0.01)
     # fp32 on the CPU: the strided convolutions' weight gradients timed per shape, as reported

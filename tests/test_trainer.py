@@ -116,6 +116,16 @@ def test_the_trainer_trims_the_heap_after_each_phase_when_asked(demo_cache, monk
     assert kept == [1] and calls == []  # keeping the heap is the opposite of trimming it
 
 
+def test_the_trainer_reuses_freed_pages_on_the_cpu_unless_told_not_to(demo_cache, monkeypatch):
+    installs, releases = [], []
+    monkeypatch.setattr(trainer_module, "reuse_freed_pages", lambda: installs.append(1) or True)
+    monkeypatch.setattr(trainer_module, "release_freed_pages", lambda: releases.append(1) or 0)
+    Trainer(CycleGAN(tiny_config(max_steps=1)), show_progress=False).fit()
+    assert installs == [1] and releases == [1]  # installed before the kernel probe, the cache released at the end
+    Trainer(CycleGAN(tiny_config(max_steps=1, reuse_pages=False)), show_progress=False)
+    assert installs == [1]
+
+
 _HEAP_PROBE = """
 import ctypes, sys, torch
 from gan_style.engine import memory

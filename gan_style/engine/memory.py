@@ -14,13 +14,21 @@ over 32 MB from fresh ``mmap`` pages and unmaps it when freed, and the kernel ze
 on first touch. Steps with many large temporaries (the Swapping Autoencoder's 30-70 MB
 activations) spend a quarter or more of their CPU time there; kept in the heap, that memory is
 reused instead, at a higher peak.
+
+:func:`reuse_freed_pages` gets that time back at the default's peak: large tensors get the pages
+of freed ones, moved and resized by ``mremap`` (``page_reuse.cpp``); memory is never mapped
+beyond the live tensors' peak.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +81,103 @@ class HeapTrimmer:
 
     def __call__(self) -> bool:
         return bool(self._libc.malloc_trim(0)) if self._libc is not None else False
+
+
+# Smaller blocks stay with glibc, whose heap serves them without fresh pages once its mmap
+# threshold has risen (to at most 32 MB). Measured in paired CUT steps (eval/conv_kernel_ab.py
+# --compare pages, docs/speed.md, session l): from 1 MB 1.07x the time (a block grown takes fresh
+# pages where glibc's heap had free ones), from 8 MB 0.95x, from 32 MB 0.99x.
+PAGE_REUSE_MIN_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class PageReuseCounters:
+    """What :func:`reuse_freed_pages`' allocator did since it was installed, in bytes and calls.
+    ``fresh_bytes``: mapped anew (zeroed by the kernel on first touch); ``reused_bytes``: served
+    from freed blocks' pages; ``grown_bytes``: added to a freed block too small (fresh too);
+    ``released_bytes``: handed back to the system. Now: ``mapped_bytes`` = ``live_bytes`` +
+    ``free_bytes``; ``peak_mapped_bytes``, the most ever mapped, is at most ``peak_live_bytes``."""
+
+    fresh_bytes: int
+    reused_bytes: int
+    grown_bytes: int
+    released_bytes: int
+    mapped_bytes: int
+    free_bytes: int
+    peak_mapped_bytes: int
+    live_bytes: int
+    peak_live_bytes: int
+    fresh_calls: int
+    exact_calls: int
+    shrunk_calls: int
+    grown_calls: int
+
+    @property
+    def reused_fraction(self) -> float:
+        """The share of the bytes handed out whose pages were already resident."""
+        total = self.reused_bytes + self.fresh_bytes + self.grown_bytes
+        return self.reused_bytes / total if total else 0.0
+
+
+@functools.cache
+def _page_reuse_library() -> ctypes.CDLL | None:
+    from gan_style.nn import native
+
+    if platform.system() != "Linux" or not native.enabled():
+        return None
+
+    library = native.compile_library("page_reuse", Path(__file__).with_name("page_reuse.cpp").read_text(), language="c++")
+    if library is not None:
+        library.gs_page_reuse_install.argtypes, library.gs_page_reuse_install.restype = [ctypes.c_size_t], ctypes.c_int
+        library.gs_page_reuse_release.argtypes, library.gs_page_reuse_release.restype = [], ctypes.c_size_t
+        library.gs_page_reuse_set_min_bytes.argtypes, library.gs_page_reuse_set_min_bytes.restype = [ctypes.c_size_t], None
+        library.gs_page_reuse_counters.argtypes = [ctypes.POINTER(ctypes.c_size_t)]
+        library.gs_page_reuse_counters.restype = ctypes.c_int
+    return library
+
+
+_installed = False
+
+
+def reuse_freed_pages(min_bytes: int = PAGE_REUSE_MIN_BYTES) -> bool:
+    """Make PyTorch's CPU allocator serve blocks of ``min_bytes`` or more from the pages of freed
+    ones (``page_reuse.cpp``), for the rest of the process: tensors allocated from then on keep it
+    as their allocator. Idempotent (the first call's ``min_bytes`` holds). False, logged, where it
+    cannot be built (not Linux, no C++ compiler, ``GAN_STYLE_NATIVE=0``) or installed."""
+    global _installed
+    if _installed:
+        return True
+    library = _page_reuse_library()
+    if library is None:
+        return False
+    status = library.gs_page_reuse_install(min_bytes)
+    if status != 1:
+        log.warning("reusing freed pages: PyTorch's CPU allocator is %s; it stays",
+                    "another's of higher priority" if status == 0 else "one that cannot free raw pointers")
+        return False
+    _installed = True
+    log.info("CPU tensors of %d bytes or more reuse freed pages", min_bytes)
+    return True
+
+
+def set_page_reuse_min_bytes(min_bytes: int | None) -> None:
+    """From now on, :func:`reuse_freed_pages`' allocator serves blocks of ``min_bytes`` or more;
+    None: none, every block goes to PyTorch's allocator again (its free blocks are kept). For
+    comparing the two within one process (``eval/conv_kernel_ab.py --compare pages``)."""
+    if _installed:
+        _page_reuse_library().gs_page_reuse_set_min_bytes(2**64 - 1 if min_bytes is None else min_bytes)
+
+
+def page_reuse_counters() -> PageReuseCounters | None:
+    """The counters of :func:`reuse_freed_pages`' allocator, or None where it is not installed."""
+    if not _installed:
+        return None
+    values = (ctypes.c_size_t * len(PageReuseCounters.__dataclass_fields__))()
+    _page_reuse_library().gs_page_reuse_counters(values)
+    return PageReuseCounters(*values)
+
+
+def release_freed_pages() -> int:
+    """Hand the freed blocks that :func:`reuse_freed_pages` keeps back to the system (at the end
+    of training, so that an idle process does not hold its step's peak); the bytes released."""
+    return int(_page_reuse_library().gs_page_reuse_release()) if _installed else 0

@@ -57,7 +57,7 @@ from gan_style.engine.kernels import (
     set_norm_kernel,
     to_channels_last,
 )
-from gan_style.engine.memory import HeapTrimmer, keep_freed_memory
+from gan_style.engine.memory import HeapTrimmer, keep_freed_memory, release_freed_pages, reuse_freed_pages
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.errors import CheckpointError
@@ -140,6 +140,8 @@ class Trainer:
         # before the kernel probe, which then measures under the run's allocator
         if self.config.keep_heap and self.device.type == "cpu" and not keep_freed_memory():
             log.warning("train.keep_heap: the C library is not glibc; freed memory is handled as it is by default")
+        if self.config.reuse_pages and self.device.type == "cpu":
+            reuse_freed_pages()
         networks = method.build_networks()
         self.kernels = self._choose_kernels()
         trim = self.config.trim_heap and not self.config.keep_heap  # keeping the heap is the opposite choice
@@ -387,6 +389,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()  # ends the bar's line, so an error message starts a line of its own
+            release_freed_pages()  # the run is over: an idle process need not hold its step's peak
         if self._writer is not None:
             self._writer.flush()
         return self.progress

@@ -1,4 +1,5 @@
-"""Small C kernels compiled on first use with the system's C compiler and loaded with ``ctypes``.
+"""Small C kernels compiled on first use with the system's C compiler and loaded with ``ctypes``,
+and C++ that uses PyTorch's own C++ interface (``c10``), compiled against the installed torch.
 
 Optional by design: where no compiler is found, or it fails, :func:`compile_library` returns None
 (logged once) and the callers keep their PyTorch path. The library is built for the CPU it runs
@@ -24,10 +25,22 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+
+
+def _torch_flags() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Compile and link flags for C++ against the running torch: its headers, its ``libc10`` (found
+    again at load time by rpath: the copy the process has already loaded) and its C++ ABI."""
+    import torch
+
+    root = Path(torch.__file__).parent
+    compile_flags = ("-O2", "-fPIC", "-shared", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+                     f"-I{root / 'include'}", f"-DGAN_STYLE_TORCH={torch.__version__}")
+    return compile_flags, (f"-L{root / 'lib'}", "-lc10", f"-Wl,-rpath,{root / 'lib'}")
 
 
 def enabled() -> bool:
@@ -51,28 +64,33 @@ def _cpu_identity() -> str:
     return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
 
 
-def _compiler() -> str | None:
+def _compiler(language: str = "c") -> str | None:
+    if language == "c++":
+        return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 @functools.cache
-def compile_library(name: str, source: str) -> ctypes.CDLL | None:
-    """``source`` compiled into a shared library and loaded, or None (logged) where that is not possible."""
+def compile_library(name: str, source: str, language: Literal["c", "c++"] = "c") -> ctypes.CDLL | None:
+    """``source`` compiled into a shared library and loaded, or None (logged) where that is not possible.
+    ``language="c++"``: C++17 built against the installed torch's headers and ``libc10``."""
     if not enabled():
         return None
-    compiler = _compiler()
+    compiler = _compiler(language)
     if compiler is None or platform.system() != "Linux":
-        log.info("no C compiler (or not Linux): %s runs its PyTorch path", name)
+        log.info("no %s compiler (or not Linux): %s runs its PyTorch path", language.upper(), name)
         return None
-    key = hashlib.sha256("\0".join([source, *FLAGS, compiler, _cpu_identity()]).encode()).hexdigest()[:20]
+    flags, link_flags = (FLAGS, ()) if language == "c" else _torch_flags()
+    key = hashlib.sha256("\0".join([source, *flags, *link_flags, compiler, _cpu_identity()]).encode()).hexdigest()[:20]
     target = cache_dir() / f"{name}-{key}.so"
     if not target.exists():
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-                c_file, built = Path(scratch) / f"{name}.c", Path(scratch) / f"{name}.so"
+                c_file, built = Path(scratch) / f"{name}.{'c' if language == 'c' else 'cpp'}", Path(scratch) / f"{name}.so"
                 c_file.write_text(source)
-                result = subprocess.run([compiler, *FLAGS, str(c_file), "-o", str(built)], capture_output=True, text=True, timeout=300)
+                command = [compiler, *flags, str(c_file), "-o", str(built), *link_flags]
+                result = subprocess.run(command, capture_output=True, text=True, timeout=300)
                 if result.returncode:
                     log.warning("compiling %s failed (its PyTorch path runs instead): %s", name, result.stderr.strip()[-2000:])
                     return None

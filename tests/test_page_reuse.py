@@ -1,0 +1,184 @@
+"""Large CPU tensors on the pages of freed ones (gan_style.engine.memory.reuse_freed_pages,
+page_reuse.cpp): freed blocks are served again without fresh pages, memory is never mapped beyond
+the live tensors' peak, and every way PyTorch allocates and frees (tensors, oneDNN's raw
+pointers, small blocks, forked workers) still works.
+
+The allocator is process-wide once installed: the rest of the suite runs on it too, as training
+does (train.reuse_pages is on by default)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gan_style.engine import memory
+from gan_style.engine.memory import PAGE_REUSE_MIN_BYTES, page_reuse_counters, release_freed_pages, reuse_freed_pages, set_page_reuse_min_bytes
+
+MB = 1 << 20
+PAGE = 4096
+
+
+@pytest.fixture
+def reuse():
+    """The allocator installed, with no free block kept (other tests' leftovers released)."""
+    if not reuse_freed_pages():
+        pytest.skip("the page-reusing allocator cannot be built here (not Linux, no C++ compiler, or GAN_STYLE_NATIVE=0)")
+    release_freed_pages()
+    return page_reuse_counters
+
+
+def _bytes(n: int) -> torch.Tensor:
+    return torch.empty(n, dtype=torch.uint8)
+
+
+def _delta(before, after, *names):
+    return tuple(getattr(after, name) - getattr(before, name) for name in names)
+
+
+def test_a_freed_block_is_served_again_with_its_pages(reuse):
+    """Same size: the same block, its bytes as they were (no fresh, zeroed page)."""
+    block = _bytes(8 * MB).fill_(7)
+    address = block.data_ptr()
+    del block
+    before = reuse()
+    again = _bytes(8 * MB)
+    after = reuse()
+    assert again.data_ptr() == address and bool((again == 7).all())
+    assert _delta(before, after, "exact_calls", "fresh_bytes", "reused_bytes") == (1, 0, 8 * MB)
+
+
+def test_a_smaller_request_shrinks_a_freed_block_and_a_larger_one_grows_it(reuse):
+    block = _bytes(8 * MB).fill_(3)
+    address = block.data_ptr()
+    del block
+    before = reuse()
+    smaller = _bytes(6 * MB - 100)  # rounded up to pages
+    after = reuse()
+    assert smaller.data_ptr() == address and bool((smaller == 3).all())
+    assert _delta(before, after, "shrunk_calls", "released_bytes", "fresh_bytes", "mapped_bytes") == (1, 2 * MB, 0, -2 * MB)
+    del smaller
+    before = reuse()
+    larger = _bytes(10 * MB)
+    after = reuse()
+    assert bool((larger[: 6 * MB - 100] == 3).all())  # the kept pages, wherever the mapping moved
+    assert _delta(before, after, "grown_calls", "grown_bytes", "reused_bytes", "fresh_bytes") == (1, 4 * MB, 6 * MB, 0)
+
+
+def test_memory_is_mapped_only_up_to_the_live_peak(reuse):
+    """Random sizes, allocated and freed in a random order, twice: mapped = live + free at every
+    moment, never more than the most ever live; the second time, most bytes come from freed pages."""
+    base = reuse()
+    rng = random.Random(0)
+    sizes = [rng.randrange(1, 24) * MB + rng.randrange(PAGE) for _ in range(60)]
+    frees = [rng.random() if rng.random() < 0.6 else None for _ in sizes]  # after each allocation, free a random live one?
+    most = 0
+
+    def run() -> None:
+        nonlocal most
+        live: list[torch.Tensor] = []
+        for size, free in zip(sizes, frees):
+            live.append(_bytes(size))
+            in_use = sum(-(-t.numel() // PAGE) * PAGE for t in live)
+            most = max(most, in_use)
+            now = reuse()
+            assert now.mapped_bytes == now.live_bytes + now.free_bytes
+            assert now.live_bytes - base.live_bytes == in_use
+            assert now.mapped_bytes <= now.peak_live_bytes == max(base.peak_live_bytes, base.live_bytes + most)
+            if free is not None:
+                live.pop(int(free * len(live)))
+
+    run()
+    first = reuse()
+    run()
+    second = reuse()
+    new = [_delta(a, b, "fresh_bytes", "grown_bytes", "reused_bytes") for a, b in ((base, first), (first, second))]
+    assert new[0][2] > 0
+    assert new[1][2] > 2 * (new[1][0] + new[1][1])  # at least two thirds of the second time's bytes were resident
+    assert release_freed_pages() > 0 and reuse().free_bytes == 0
+
+
+def test_small_blocks_stay_with_pytorchs_allocator(reuse):
+    before = reuse()
+    small = [torch.ones(PAGE_REUSE_MIN_BYTES // 8) for _ in range(50)]  # half the threshold each
+    assert sum(t.sum().item() for t in small) == 50 * PAGE_REUSE_MIN_BYTES // 8
+    del small
+    after = reuse()
+    assert _delta(before, after, "fresh_calls", "exact_calls", "shrunk_calls", "grown_calls", "live_bytes") == (0, 0, 0, 0, 0)
+
+
+def test_it_can_be_bypassed_and_restored_for_paired_timings(reuse):
+    """eval/conv_kernel_ab.py --compare pages: off, every block goes to PyTorch's allocator, and
+    the blocks handed out before are still freed through it."""
+    kept = _bytes(4 * MB)
+    set_page_reuse_min_bytes(None)
+    try:
+        before = reuse()
+        bypassed = _bytes(8 * MB).fill_(1)
+        del kept
+        after = reuse()
+        assert _delta(before, after, "live_bytes", "fresh_calls", "free_bytes") == (-4 * MB, 0, 4 * MB)
+        assert int(bypassed.sum()) == 8 * MB
+    finally:
+        set_page_reuse_min_bytes(PAGE_REUSE_MIN_BYTES)
+    served = _bytes(4 * MB)
+    assert reuse().live_bytes - after.live_bytes == 4 * MB and served.numel() == 4 * MB
+
+
+def test_onednn_convolutions_allocate_and_free_through_it(reuse):
+    """oneDNN takes its buffers with raw_allocate and frees them through raw_deleter (large ones
+    from this allocator, small ones from the one it replaced): the values are still the
+    convolution's."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 96, 96, generator=generator).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = (torch.randn(64, 64, 3, 3, generator=generator) / 24).contiguous(memory_format=torch.channels_last).requires_grad_()
+    for _ in range(2):
+        out = F.conv2d(x, weight, padding=1)
+        grad_x, grad_w = torch.autograd.grad(out.square().sum(), (x, weight))
+    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    out64 = F.conv2d(x64, w64, padding=1)
+    grads64 = torch.autograd.grad(out64.square().sum(), (x64, w64))
+    for ours, exact in zip((out, grad_x, grad_w), (out64, *grads64)):
+        assert ((ours.double() - exact).norm() / exact.norm()).item() < 1e-5
+    assert reuse().reused_bytes > 0
+
+
+class _LargeItems(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return torch.full((2 * MB // 4,), float(i))  # 2 MB each: this allocator's, in the worker
+
+
+def test_forked_dataloader_workers_allocate_with_it(reuse):
+    loader = torch.utils.data.DataLoader(_LargeItems(), batch_size=2, num_workers=2, multiprocessing_context="fork")
+    batches = [batch for batch in loader]
+    assert [batch[:, 0].tolist() for batch in batches] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def test_it_is_built_with_the_cxx_compiler_and_falls_back_without_one(tmp_path, monkeypatch, caplog):
+    """The C++ build against the installed torch is cached like the C kernels; without a compiler
+    (or with GAN_STYLE_NATIVE=0) none is built and PyTorch's allocator stays."""
+    from gan_style.nn import native
+
+    monkeypatch.setenv("GAN_STYLE_CACHE", str(tmp_path))
+    source = '#include <c10/core/CPUAllocator.h>\nextern "C" int gs_has_allocator() { return c10::GetCPUAllocator() != nullptr; }\n'
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level("WARNING", logger="gan_style.nn.native"):
+        assert native.compile_library("probe_cxx_missing", source, language="c++") is None
+    assert "compiling" in caplog.text or "could not build" in caplog.text
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler here")
+    monkeypatch.setenv("CXX", shutil.which("c++") or shutil.which("g++"))
+    library = native.compile_library("probe_cxx", source, language="c++")
+    assert library is not None and library.gs_has_allocator() == 1
+    assert [p.name.startswith("probe_cxx-") for p in (tmp_path / "native").iterdir()] == [True]
+    memory._page_reuse_library.cache_clear()
+    monkeypatch.setattr(memory, "_installed", False)
+    monkeypatch.setenv("GAN_STYLE_NATIVE", "0")
+    assert reuse_freed_pages() is False
+    memory._page_reuse_library.cache_clear()
