@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from gan_style.engine import memory
 from gan_style.engine.memory import PAGE_REUSE_MIN_BYTES, page_reuse_counters, release_freed_pages, reuse_freed_pages, set_page_reuse_min_bytes
 
-MB = 1 << 20
 PAGE = 4096
+UNIT = PAGE_REUSE_MIN_BYTES  # the smallest block served from freed pages; the sizes below are its multiples
 
 
 @pytest.fixture
@@ -41,31 +41,31 @@ def _delta(before, after, *names):
 
 def test_a_freed_block_is_served_again_with_its_pages(reuse):
     """Same size: the same block, its bytes as they were (no fresh, zeroed page)."""
-    block = _bytes(8 * MB).fill_(7)
+    block = _bytes(2 * UNIT).fill_(7)
     address = block.data_ptr()
     del block
     before = reuse()
-    again = _bytes(8 * MB)
+    again = _bytes(2 * UNIT)
     after = reuse()
     assert again.data_ptr() == address and bool((again == 7).all())
-    assert _delta(before, after, "exact_calls", "fresh_bytes", "reused_bytes") == (1, 0, 8 * MB)
+    assert _delta(before, after, "exact_calls", "fresh_bytes", "reused_bytes") == (1, 0, 2 * UNIT)
 
 
 def test_a_smaller_request_shrinks_a_freed_block_and_a_larger_one_grows_it(reuse):
-    block = _bytes(8 * MB).fill_(3)
+    block = _bytes(4 * UNIT).fill_(3)
     address = block.data_ptr()
     del block
     before = reuse()
-    smaller = _bytes(6 * MB - 100)  # rounded up to pages
+    smaller = _bytes(3 * UNIT - 100)  # rounded up to pages
     after = reuse()
     assert smaller.data_ptr() == address and bool((smaller == 3).all())
-    assert _delta(before, after, "shrunk_calls", "released_bytes", "fresh_bytes", "mapped_bytes") == (1, 2 * MB, 0, -2 * MB)
+    assert _delta(before, after, "shrunk_calls", "released_bytes", "fresh_bytes", "mapped_bytes") == (1, UNIT, 0, -UNIT)
     del smaller
     before = reuse()
-    larger = _bytes(10 * MB)
+    larger = _bytes(5 * UNIT)
     after = reuse()
-    assert bool((larger[: 6 * MB - 100] == 3).all())  # the kept pages, wherever the mapping moved
-    assert _delta(before, after, "grown_calls", "grown_bytes", "reused_bytes", "fresh_bytes") == (1, 4 * MB, 6 * MB, 0)
+    assert bool((larger[: 3 * UNIT - 100] == 3).all())  # the kept pages, wherever the mapping moved
+    assert _delta(before, after, "grown_calls", "grown_bytes", "reused_bytes", "fresh_bytes") == (1, 2 * UNIT, 3 * UNIT, 0)
 
 
 def test_memory_is_mapped_only_up_to_the_live_peak(reuse):
@@ -73,7 +73,7 @@ def test_memory_is_mapped_only_up_to_the_live_peak(reuse):
     moment, never more than the most ever live; the second time, most bytes come from freed pages."""
     base = reuse()
     rng = random.Random(0)
-    sizes = [rng.randrange(1, 24) * MB + rng.randrange(PAGE) for _ in range(60)]
+    sizes = [UNIT + rng.randrange(3 * UNIT) for _ in range(60)]
     frees = [rng.random() if rng.random() < 0.6 else None for _ in sizes]  # after each allocation, free a random live one?
     most = 0
 
@@ -103,8 +103,8 @@ def test_memory_is_mapped_only_up_to_the_live_peak(reuse):
 
 def test_small_blocks_stay_with_pytorchs_allocator(reuse):
     before = reuse()
-    small = [torch.ones(PAGE_REUSE_MIN_BYTES // 8) for _ in range(50)]  # half the threshold each
-    assert sum(t.sum().item() for t in small) == 50 * PAGE_REUSE_MIN_BYTES // 8
+    small = [torch.ones(UNIT // 8) for _ in range(20)]  # half the threshold each (4-byte floats)
+    assert sum(t.sum().item() for t in small) == 20 * UNIT // 8
     del small
     after = reuse()
     assert _delta(before, after, "fresh_calls", "exact_calls", "shrunk_calls", "grown_calls", "live_bytes") == (0, 0, 0, 0, 0)
@@ -113,19 +113,19 @@ def test_small_blocks_stay_with_pytorchs_allocator(reuse):
 def test_it_can_be_bypassed_and_restored_for_paired_timings(reuse):
     """eval/conv_kernel_ab.py --compare pages: off, every block goes to PyTorch's allocator, and
     the blocks handed out before are still freed through it."""
-    kept = _bytes(4 * MB)
+    kept = _bytes(UNIT)
     set_page_reuse_min_bytes(None)
     try:
         before = reuse()
-        bypassed = _bytes(8 * MB).fill_(1)
+        bypassed = _bytes(2 * UNIT).fill_(1)
         del kept
         after = reuse()
-        assert _delta(before, after, "live_bytes", "fresh_calls", "free_bytes") == (-4 * MB, 0, 4 * MB)
-        assert int(bypassed.sum()) == 8 * MB
+        assert _delta(before, after, "live_bytes", "fresh_calls", "free_bytes") == (-UNIT, 0, UNIT)
+        assert int(bypassed.sum()) == 2 * UNIT
     finally:
         set_page_reuse_min_bytes(PAGE_REUSE_MIN_BYTES)
-    served = _bytes(4 * MB)
-    assert reuse().live_bytes - after.live_bytes == 4 * MB and served.numel() == 4 * MB
+    served = _bytes(UNIT)
+    assert reuse().live_bytes - after.live_bytes == UNIT and served.numel() == UNIT
 
 
 def test_onednn_convolutions_allocate_and_free_through_it(reuse):
@@ -133,7 +133,7 @@ def test_onednn_convolutions_allocate_and_free_through_it(reuse):
     from this allocator, small ones from the one it replaced): the values are still the
     convolution's."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 64, 96, 96, generator=generator).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(4, 64, 128, 128, generator=generator).contiguous(memory_format=torch.channels_last).requires_grad_()  # 16 MB
     weight = (torch.randn(64, 64, 3, 3, generator=generator) / 24).contiguous(memory_format=torch.channels_last).requires_grad_()
     for _ in range(2):
         out = F.conv2d(x, weight, padding=1)
@@ -151,7 +151,7 @@ class _LargeItems(torch.utils.data.Dataset):
         return 6
 
     def __getitem__(self, i):
-        return torch.full((2 * MB // 4,), float(i))  # 2 MB each: this allocator's, in the worker
+        return torch.full((UNIT // 2,), float(i))  # 2 UNIT bytes each: this allocator's, in the worker
 
 
 def test_forked_dataloader_workers_allocate_with_it(reuse):
