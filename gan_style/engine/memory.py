@@ -16,8 +16,8 @@ activations) spend a quarter or more of their CPU time there; kept in the heap, 
 reused instead, at a higher peak.
 
 :func:`reuse_freed_pages` gets that time back at the default's peak: large tensors get the pages
-of freed ones, moved and resized by ``mremap`` (``page_reuse.cpp``); memory is never mapped
-beyond the live tensors' peak.
+of freed ones, split or moved together by ``mremap`` (``page_reuse.cpp``); memory is never mapped
+beyond the live tensors' peak, and fresh pages are needed only to reach a new peak.
 """
 
 from __future__ import annotations
@@ -83,18 +83,19 @@ class HeapTrimmer:
         return bool(self._libc.malloc_trim(0)) if self._libc is not None else False
 
 
-# Smaller blocks stay with glibc, whose heap serves them without fresh pages once its mmap
-# threshold has risen (to at most 32 MB). Measured in paired CUT steps (eval/conv_kernel_ab.py
-# --compare pages, docs/speed.md, session l): from 1 MB 1.07x the time (a block grown takes fresh
-# pages where glibc's heap had free ones), from 8 MB 0.95x, from 32 MB 0.99x.
-PAGE_REUSE_MIN_BYTES = 8 << 20
+# Smaller blocks stay with glibc, whose heap serves them well. Measured in paired steps
+# (eval/conv_kernel_ab.py --compare pages, docs/speed.md, session l): from 1 MB, CUT 0.95 and
+# CycleGAN 0.95 of the time, from 8 MB CUT 0.99, and a lower peak from 1 MB.
+PAGE_REUSE_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class PageReuseCounters:
     """What :func:`reuse_freed_pages`' allocator did since it was installed, in bytes and calls.
     ``fresh_bytes``: mapped anew (zeroed by the kernel on first touch); ``reused_bytes``: served
-    from freed blocks' pages; ``grown_bytes``: added to a freed block too small (fresh too);
+    from freed blocks' pages; ``grown_bytes``: fresh pages added where the free blocks merged into a
+    request did not cover it. Calls: ``exact`` (a free block of the size), ``split`` (the head of a
+    larger one), ``merged`` (smaller ones moved together), ``fresh``;
     ``released_bytes``: handed back to the system. Now: ``mapped_bytes`` = ``live_bytes`` +
     ``free_bytes``; ``peak_mapped_bytes``, the most ever mapped, is at most ``peak_live_bytes``."""
 
@@ -109,8 +110,8 @@ class PageReuseCounters:
     peak_live_bytes: int
     fresh_calls: int
     exact_calls: int
-    shrunk_calls: int
-    grown_calls: int
+    split_calls: int
+    merged_calls: int
 
     @property
     def reused_fraction(self) -> float:

@@ -6,22 +6,23 @@
 // Autoencoder's discriminators at 128 px) spends a quarter of its CPU time zeroing pages that
 // PyTorch then overwrites (docs/speed.md, sessions j and k).
 //
-// This allocator keeps freed blocks of at least `min_bytes` mapped, by size, and serves later
-// requests from them with mremap(2), which moves or resizes a mapping without touching its
-// resident pages:
-//   * a free block of at least the requested size: shrunk to it in place, its tail handed back;
-//   * else the largest free block, grown (only the added tail is fresh);
+// This allocator keeps freed blocks of at least `min_bytes` mapped and serves later requests from
+// their pages, which mremap(2) moves between addresses without touching them:
+//   * a free block of at least the requested size: its head, the tail left free (no system call);
+//   * else, all free blocks smaller: a new mapping of the requested size into which the free
+//     blocks' pages are moved, largest first; only what they do not cover is fresh;
 //   * else, with nothing free, a fresh mapping.
-// Mapped memory is always live + free, and never more than the most ever live (free blocks are
-// handed back where a grown one would take it there): the peak stays the live tensors', where
-// glibc's heap kept for reuse (train.keep_heap) fragments and raised it 1.14x. Smaller blocks go to the allocator it replaced.
-// Linux only (mremap); installed once per process, for its lifetime: storages remember their
-// allocator.
+// Mapped memory is always live + free, grows only when nothing free is left, and is never more
+// than the most ever live: the peak stays the live tensors', where glibc's heap kept for reuse
+// (train.keep_heap) fragments and raised it 1.14x. Fresh pages are then needed only to reach a new
+// peak. Smaller blocks go to the allocator it replaced. Linux only (mremap); installed once per
+// process, for its lifetime: storages remember their allocator.
 #include <c10/core/CPUAllocator.h>
 
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -29,6 +30,7 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 namespace {
 
@@ -40,94 +42,164 @@ size_t page_multiple(size_t n) { return (n + kPage - 1) & ~(kPage - 1); }
 struct Counters {
   size_t fresh_bytes = 0, reused_bytes = 0, grown_bytes = 0, released_bytes = 0;
   size_t mapped_bytes = 0, free_bytes = 0, peak_mapped_bytes = 0, live_bytes = 0, peak_live_bytes = 0;
-  size_t fresh_calls = 0, exact_calls = 0, shrunk_calls = 0, grown_calls = 0;
+  size_t fresh_calls = 0, exact_calls = 0, split_calls = 0, merged_calls = 0;
 };
+
+// A block is a page range that may span several kernel mappings (VMAs): mremap moves pages one
+// mapping at a time, so each block keeps the lengths of the mappings it spans, in address order.
+// Splitting a block needs no system call; the kernel splits a mapping when part of it moves.
+struct Block {
+  size_t size;
+  std::vector<size_t> segments;
+};
+
+// A merged block spans at most this many mappings (the process may hold ~65k: vm.max_map_count).
+constexpr size_t kMaxSegments = 32;
 
 struct PageReusingAllocator final : c10::Allocator {
   c10::Allocator* fallback;
   std::atomic<size_t> min_bytes;  // SIZE_MAX: every block to the fallback (eval/conv_kernel_ab.py --compare pages)
   std::mutex mutex;
-  std::multimap<size_t, void*> free_blocks;  // mapped size -> address
-  std::unordered_map<void*, size_t> live;    // address -> mapped size, of blocks handed out
+  std::unordered_map<char*, Block> blocks;   // every block, handed out or free
+  std::multimap<size_t, char*> free_blocks;  // the free ones: size -> address
   Counters counters;
 
   PageReusingAllocator(c10::Allocator* fallback, size_t min_bytes) : fallback(fallback), min_bytes(min_bytes) {}
 
-  void* fresh(size_t n) {
-    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-    counters.mapped_bytes += n, counters.fresh_bytes += n, counters.fresh_calls++;
+  char* take_free(std::multimap<size_t, char*>::iterator it) {
+    char* p = it->second;
+    counters.free_bytes -= it->first;
+    free_blocks.erase(it);
     return p;
   }
 
-  void unmap(void* p, size_t size) {
-    munmap(p, size);
-    counters.mapped_bytes -= size, counters.released_bytes += size;
+  void mark_free(char* p) {
+    size_t size = blocks.at(p).size;
+    counters.free_bytes += size;
+    free_blocks.emplace(size, p);
+  }
+
+  // The block at p cut to its first n bytes; the rest becomes a free block of its own.
+  void split(char* p, size_t n) {
+    Block& block = blocks.at(p);
+    Block tail{block.size - n, {}};
+    size_t offset = 0, kept = 0;
+    for (size_t length : block.segments) {
+      if (offset + length <= n) {
+        kept++;
+      } else if (offset < n) {  // the mapping that straddles the cut
+        tail.segments.push_back(offset + length - n);
+        block.segments[kept++] = n - offset;
+      } else {
+        tail.segments.push_back(length);
+      }
+      offset += length;
+    }
+    block.segments.resize(kept);
+    block.size = n;
+    blocks[p + n] = std::move(tail);
+    mark_free(p + n);
+  }
+
+  // The block's pages past `keep` handed back to the system (keep 0: the whole block, forgotten).
+  void truncate(char* p, size_t keep) {
+    Block& block = blocks.at(p);
+    munmap(p + keep, block.size - keep);  // munmap, unlike mremap, may span mappings
+    counters.mapped_bytes -= block.size - keep, counters.released_bytes += block.size - keep;
+    if (keep == 0) {
+      blocks.erase(p);
+      return;
+    }
+    size_t offset = 0, kept = 0;
+    for (size_t length : block.segments) {
+      if (offset >= keep) break;
+      block.segments[kept++] = std::min(length, keep - offset);
+      offset += length;
+    }
+    block.segments.resize(kept);
+    block.size = keep;
+  }
+
+  // n bytes at a fresh address: the free blocks' pages moved in, largest first, the rest fresh.
+  char* merge(size_t n) {
+    void* fresh = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (fresh == MAP_FAILED) return nullptr;
+    char* p = static_cast<char*>(fresh);
+    Block merged{n, {}};
+    size_t offset = 0;
+    while (offset < n && !free_blocks.empty()) {
+      auto largest = std::prev(free_blocks.end());
+      if (merged.segments.size() + blocks.at(largest->second).segments.size() + 1 > kMaxSegments) break;
+      char* source = take_free(largest);
+      if (blocks.at(source).size > n - offset) split(source, n - offset);
+      Block moving = std::move(blocks.at(source));
+      blocks.erase(source);
+      counters.mapped_bytes -= moving.size;  // counted again below, as part of the merged block
+      size_t at = 0;
+      for (size_t length : moving.segments) {
+        // the fresh pages there, never touched, are replaced by the source's resident ones
+        if (mremap(source + at, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, p + offset) == MAP_FAILED) {
+          munmap(source + at, moving.size - at);  // the rest of this block is lost; fresh pages stand in
+          counters.released_bytes += moving.size - at;
+          break;
+        }
+        merged.segments.push_back(length);
+        at += length, offset += length;
+      }
+      counters.reused_bytes += at;
+    }
+    if (offset < n) merged.segments.push_back(n - offset);  // the fresh mapping's untouched rest
+    counters.mapped_bytes += n, counters.grown_bytes += n - offset, counters.merged_calls++;
+    blocks[p] = std::move(merged);
+    return p;
   }
 
   // A block of exactly n bytes (a page multiple), under the mutex; nullptr when out of memory.
-  void* take(size_t n) {
-    void* p = nullptr;
+  char* take(size_t n) {
+    char* p;
     auto fit = free_blocks.lower_bound(n);
-    if (fit != free_blocks.end()) {  // the smallest free block that holds n
-      auto [size, address] = *fit;
-      free_blocks.erase(fit);
-      counters.free_bytes -= size;
-      p = address;
-      if (size == n) {
-        counters.exact_calls++;
-      } else if (mremap(p, size, n, 0) != MAP_FAILED) {  // shrunk in place: the tail's pages go back
-        counters.mapped_bytes -= size - n, counters.released_bytes += size - n, counters.shrunk_calls++;
+    if (fit != free_blocks.end()) {  // the smallest free block that holds n, its tail kept free
+      size_t size = fit->first;
+      p = take_free(fit);
+      if (size > n) {
+        split(p, n);
+        counters.split_calls++;
       } else {
-        unmap(p, size);
-        return take(n);
+        counters.exact_calls++;
       }
       counters.reused_bytes += n;
-    } else if (!free_blocks.empty()) {  // all smaller: grow the largest, its pages kept
-      auto largest = std::prev(free_blocks.end());
-      auto [size, address] = *largest;
-      free_blocks.erase(largest);
-      counters.free_bytes -= size;
-      p = mremap(address, size, n, MREMAP_MAYMOVE);
-      if (p == MAP_FAILED) {
-        unmap(address, size);
-        return take(n);
-      }
-      counters.mapped_bytes += n - size, counters.reused_bytes += size, counters.grown_bytes += n - size, counters.grown_calls++;
-    } else {
-      p = fresh(n);
+    } else if (!free_blocks.empty()) {
+      p = merge(n);
       if (p == nullptr) return nullptr;
+    } else {
+      void* fresh = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (fresh == MAP_FAILED) return nullptr;
+      p = static_cast<char*>(fresh);
+      blocks[p] = Block{n, {n}};
+      counters.mapped_bytes += n, counters.fresh_bytes += n, counters.fresh_calls++;
     }
     counters.live_bytes += n;
     counters.peak_live_bytes = std::max(counters.peak_live_bytes, counters.live_bytes);
-    live.emplace(p, n);
     keep_within_live_peak();
     counters.peak_mapped_bytes = std::max(counters.peak_mapped_bytes, counters.mapped_bytes);
     return p;
   }
 
-  // Mapped memory never beyond the most ever live. Only a grown block can take it there (free
-  // blocks left over while the live memory reaches a new peak); the excess is handed back from
-  // the smallest free block that covers it (its tail), else from whole blocks, largest first.
+  // Mapped memory never beyond the most ever live. A merge that stopped at kMaxSegments with free
+  // blocks left can take it there; the excess is handed back from the tail of the smallest free
+  // block larger than it, else whole blocks, largest first.
   void keep_within_live_peak() {
     while (counters.mapped_bytes > counters.peak_live_bytes && !free_blocks.empty()) {
       size_t excess = counters.mapped_bytes - counters.peak_live_bytes;
       auto cover = free_blocks.upper_bound(excess);
-      if (cover != free_blocks.end()) {
-        auto [size, address] = *cover;
-        if (mremap(address, size, size - excess, 0) != MAP_FAILED) {
-          free_blocks.erase(cover);
-          free_blocks.emplace(size - excess, address);
-          counters.free_bytes -= excess, counters.mapped_bytes -= excess, counters.released_bytes += excess;
-          continue;
-        }
-      } else {
-        cover = std::prev(free_blocks.end());
+      if (cover == free_blocks.end()) {
+        truncate(take_free(std::prev(free_blocks.end())), 0);
+        continue;
       }
-      auto [size, address] = *cover;
-      free_blocks.erase(cover);
-      counters.free_bytes -= size;
-      unmap(address, size);
+      size_t size = cover->first;
+      char* p = take_free(cover);
+      truncate(p, size - excess);
+      mark_free(p);
     }
   }
 
@@ -156,9 +228,7 @@ struct PageReusingAllocator final : c10::Allocator {
   size_t release_free_blocks() {
     std::lock_guard<std::mutex> lock(mutex);
     size_t released = counters.free_bytes;
-    for (auto [size, address] : free_blocks) unmap(address, size);
-    free_blocks.clear();
-    counters.free_bytes = 0;
+    while (!free_blocks.empty()) truncate(take_free(free_blocks.begin()), 0);
     return released;
   }
 };
@@ -168,18 +238,16 @@ PageReusingAllocator* installed = nullptr;
 void PageReusingAllocator::release(void* p) {
   if (p == nullptr) return;
   std::unique_lock<std::mutex> lock(installed->mutex);
-  auto block = installed->live.find(p);
-  if (block == installed->live.end()) {  // one of the fallback's
+  auto block = installed->blocks.find(static_cast<char*>(p));
+  if (block == installed->blocks.end()) {  // one of the fallback's
     lock.unlock();
     installed->fallback->raw_deleter()(p);
     return;
   }
-  size_t size = block->second;
-  installed->free_blocks.emplace(size, p);
-  Counters& counters = installed->counters;
-  counters.free_bytes += size, counters.live_bytes -= size;
-  installed->live.erase(block);
-  Counters now = counters;
+  size_t size = block->second.size;
+  installed->mark_free(static_cast<char*>(p));
+  installed->counters.live_bytes -= size;
+  Counters now = installed->counters;
   lock.unlock();
   if (c10::memoryProfilingEnabled())
     c10::reportMemoryUsageToProfiler(p, -static_cast<int64_t>(size), now.live_bytes, now.mapped_bytes, c10::Device(c10::DeviceType::CPU));
@@ -219,7 +287,7 @@ int gs_page_reuse_counters(size_t* out) {
   std::lock_guard<std::mutex> lock(installed->mutex);
   const Counters& c = installed->counters;
   size_t values[] = {c.fresh_bytes, c.reused_bytes, c.grown_bytes, c.released_bytes, c.mapped_bytes, c.free_bytes,
-                     c.peak_mapped_bytes, c.live_bytes, c.peak_live_bytes, c.fresh_calls, c.exact_calls, c.shrunk_calls, c.grown_calls};
+                     c.peak_mapped_bytes, c.live_bytes, c.peak_live_bytes, c.fresh_calls, c.exact_calls, c.split_calls, c.merged_calls};
   std::memcpy(out, values, sizeof(values));
   return 1;
 }
