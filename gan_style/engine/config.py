@@ -75,10 +75,11 @@ class TrainConfig:
     # temporaries (the Swapping Autoencoder: 0.57 of the time, 1.14x the peak memory, docs/speed.md);
     # it turns trim_heap off.
     keep_heap: bool = False
-    # CPU tensors of 1 MB or more get the pages of freed ones, moved and resized by mremap (Linux;
-    # gan_style.engine.memory.reuse_freed_pages, process-wide from the first CPU run on): the
-    # kernel zeroes fresh pages only when a step's memory grows, and the peak stays the live
-    # tensors'. false: PyTorch's allocator as it is.
+    # CPU tensors of 1 MB or more get the pages of freed ones, split or moved together by mremap
+    # (Linux; gan_style.engine.memory.reuse_freed_pages, process-wide from the first CPU run on):
+    # the kernel zeroes fresh pages only to reach a new peak, and the peak stays the live
+    # tensors' (the Swapping Autoencoder: 0.70-0.84 of the time, 0.93 of the peak; docs/speed.md,
+    # session l). false: PyTorch's allocator as it is.
     reuse_pages: bool = True
     # Cadence, in iterations (the reference's print_freq, display_freq, save_latest_freq).
     log_every: int = 100

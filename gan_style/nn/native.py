@@ -39,7 +39,7 @@ def _torch_flags() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
     root = Path(torch.__file__).parent
     compile_flags = ("-O2", "-fPIC", "-shared", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-                     f"-I{root / 'include'}", f"-DGAN_STYLE_TORCH={torch.__version__}")
+                     f"-I{root / 'include'}", f"-DGAN_STYLE_TORCH={torch.__version__}")  # the version keys the cache: c10's ABI changes
     return compile_flags, (f"-L{root / 'lib'}", "-lc10", f"-Wl,-rpath,{root / 'lib'}")
 
 
