@@ -92,12 +92,13 @@ PAGE_REUSE_MIN_BYTES = 1 << 20
 @dataclass(frozen=True)
 class PageReuseCounters:
     """What :func:`reuse_freed_pages`' allocator did since it was installed, in bytes and calls.
-    ``fresh_bytes``: mapped anew (zeroed by the kernel on first touch); ``reused_bytes``: served
-    from freed blocks' pages; ``grown_bytes``: fresh pages added where the free blocks merged into a
-    request did not cover it. Calls: ``exact`` (a free block of the size), ``split`` (the head of a
-    larger one), ``merged`` (smaller ones moved together), ``fresh``;
-    ``released_bytes``: handed back to the system. Now: ``mapped_bytes`` = ``live_bytes`` +
-    ``free_bytes``; ``peak_mapped_bytes``, the most ever mapped, is at most ``peak_live_bytes``."""
+
+    Bytes: ``fresh_bytes`` mapped anew (zeroed by the kernel on first touch); ``reused_bytes``
+    served from freed blocks' pages; ``grown_bytes`` fresh pages added where the free blocks merged
+    into a request did not cover it; ``released_bytes`` handed back to the system. Now:
+    ``mapped_bytes`` = ``live_bytes`` + ``free_bytes``; ``peak_mapped_bytes``, the most ever
+    mapped, is at most ``peak_live_bytes``. Calls: ``exact`` (a free block of the size), ``split``
+    (the head of a larger one), ``merged`` (smaller ones moved together), ``fresh``."""
 
     fresh_bytes: int
     reused_bytes: int
@@ -126,7 +127,6 @@ def _page_reuse_library() -> ctypes.CDLL | None:
 
     if platform.system() != "Linux" or not native.enabled():
         return None
-
     library = native.compile_library("page_reuse", Path(__file__).with_name("page_reuse.cpp").read_text(), language="c++")
     if library is not None:
         library.gs_page_reuse_install.argtypes, library.gs_page_reuse_install.restype = [ctypes.c_size_t], ctypes.c_int

@@ -66,6 +66,11 @@ struct PageReusingAllocator final : c10::Allocator {
 
   PageReusingAllocator(c10::Allocator* fallback, size_t min_bytes) : fallback(fallback), min_bytes(min_bytes) {}
 
+  static char* map_fresh(size_t n) {  // zeroed by the kernel on first touch
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+  }
+
   char* take_free(std::multimap<size_t, char*>::iterator it) {
     char* p = it->second;
     counters.free_bytes -= it->first;
@@ -122,9 +127,8 @@ struct PageReusingAllocator final : c10::Allocator {
 
   // n bytes at a fresh address: the free blocks' pages moved in, largest first, the rest fresh.
   char* merge(size_t n) {
-    void* fresh = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (fresh == MAP_FAILED) return nullptr;
-    char* p = static_cast<char*>(fresh);
+    char* p = map_fresh(n);
+    if (p == nullptr) return nullptr;
     Block merged{n, {}};
     size_t offset = 0;
     while (offset < n && !free_blocks.empty()) {
@@ -172,9 +176,8 @@ struct PageReusingAllocator final : c10::Allocator {
       p = merge(n);
       if (p == nullptr) return nullptr;
     } else {
-      void* fresh = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (fresh == MAP_FAILED) return nullptr;
-      p = static_cast<char*>(fresh);
+      p = map_fresh(n);
+      if (p == nullptr) return nullptr;
       blocks[p] = Block{n, {n}};
       counters.mapped_bytes += n, counters.fresh_bytes += n, counters.fresh_calls++;
     }
@@ -211,10 +214,10 @@ struct PageReusingAllocator final : c10::Allocator {
       std::unique_lock<std::mutex> lock(mutex);
       size_t n = page_multiple(nbytes);
       p = take(n);
-      Counters now = counters;
+      size_t live_bytes = counters.live_bytes, mapped_bytes = counters.mapped_bytes;
       lock.unlock();
       if (p != nullptr && c10::memoryProfilingEnabled())  // torch.profiler(profile_memory=True)
-        c10::reportMemoryUsageToProfiler(p, static_cast<int64_t>(n), now.live_bytes, now.mapped_bytes, c10::Device(c10::DeviceType::CPU));
+        c10::reportMemoryUsageToProfiler(p, static_cast<int64_t>(n), live_bytes, mapped_bytes, c10::Device(c10::DeviceType::CPU));
     }
     if (p == nullptr) p = fallback->raw_allocate(nbytes);  // small, or no memory left to map
     // one deleter for both kinds (raw_deleter's contract; oneDNN frees through it)
@@ -246,11 +249,10 @@ void PageReusingAllocator::release(void* p) {
   }
   size_t size = block->second.size;
   installed->mark_free(static_cast<char*>(p));
-  installed->counters.live_bytes -= size;
-  Counters now = installed->counters;
+  size_t live_bytes = installed->counters.live_bytes -= size, mapped_bytes = installed->counters.mapped_bytes;
   lock.unlock();
   if (c10::memoryProfilingEnabled())
-    c10::reportMemoryUsageToProfiler(p, -static_cast<int64_t>(size), now.live_bytes, now.mapped_bytes, c10::Device(c10::DeviceType::CPU));
+    c10::reportMemoryUsageToProfiler(p, -static_cast<int64_t>(size), live_bytes, mapped_bytes, c10::Device(c10::DeviceType::CPU));
 }
 
 // fork(): the child gets the mutex unlocked and the blocks as they were (DataLoader workers)

@@ -39,8 +39,14 @@ def _torch_flags() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
     root = Path(torch.__file__).parent
     compile_flags = ("-O2", "-fPIC", "-shared", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-                     f"-I{root / 'include'}", f"-DGAN_STYLE_TORCH={torch.__version__}")  # the version keys the cache: c10's ABI changes
+                     f"-I{root / 'include'}")
     return compile_flags, (f"-L{root / 'lib'}", "-lc10", f"-Wl,-rpath,{root / 'lib'}")
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def enabled() -> bool:
@@ -81,7 +87,8 @@ def compile_library(name: str, source: str, language: Literal["c", "c++"] = "c")
         log.info("no %s compiler (or not Linux): %s runs its PyTorch path", language.upper(), name)
         return None
     flags, link_flags = (FLAGS, ()) if language == "c" else _torch_flags()
-    key = hashlib.sha256("\0".join([source, *flags, *link_flags, compiler, _cpu_identity()]).encode()).hexdigest()[:20]
+    against = _torch_version() if language == "c++" else ""  # c10's C++ interface changes between versions
+    key = hashlib.sha256("\0".join([source, *flags, *link_flags, compiler, against, _cpu_identity()]).encode()).hexdigest()[:20]
     target = cache_dir() / f"{name}-{key}.so"
     if not target.exists():
         try:
