@@ -59,6 +59,15 @@ def cpu_description() -> dict[str, Any]:
     return {"cpu": model, "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags]}
 
 
+def describe_cpu_flags(flags: list[str]) -> str:
+    """The flags, and on an x86 CPU the bf16 units it lacks: a figure's bf16 timings mean little
+    without them (the issue-14 targets are for AMX; AVX512-BF16 is the lesser unit)."""
+    if not flags:
+        return "no AVX2/AVX-512/AMX"
+    missing = [flag for flag in ("avx512_bf16", "amx_bf16") if flag not in flags]
+    return " ".join(flags) + (f"; no {' or '.join(missing)}" if missing else "")
+
+
 def _significant(x: float, digits: int = 4) -> float:
     # Tiny test networks do ~1e-3 GFLOP per step: fixed decimals would round them to zero.
     return float(f"{x:.{digits}g}")
@@ -217,7 +226,7 @@ def format_result(result: Mapping[str, Any], as_json: bool) -> str:
         f"{result['method']} {result['size']}px batch {result['batch_size']}: "
         f"{result['sec_per_iter']:.3f} s/iteration (median of {result['steps']}), "
         f"peak RSS {result['peak_rss_mb']:.0f} MB, {result['threads']} threads on {result['device']}"
-        f" ({result.get('cpu', '?')}; {' '.join(result.get('cpu_flags', [])) or 'no AVX2/AVX-512/AMX'}), "
+        f" ({result.get('cpu', '?')}; {describe_cpu_flags(result.get('cpu_flags', []))}), "
         f"{result['mixed_precision'] if result['mixed_precision'] != 'no' else 'fp32'}: {result.get('kernels', '')}"
     )
     if "strided_weight_gradients" in result:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_style.bench import count_gflop, peak_matmul_gflops, run_benchmark
+from gan_style.bench import count_gflop, describe_cpu_flags, peak_matmul_gflops, run_benchmark
 from gan_style.cli import main as cli_main
 
 TINY = {"ngf": 4, "ndf": 4}
@@ -88,3 +88,11 @@ def test_bench_swapae_needs_no_settings_for_its_crop_and_batch(capsys):
     assert cli_main(["bench", "swapae", "--preset", "smoke", "--size", "32", "--steps", "1", "--warmup", "0", "--json", "--no-flops"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["batch_size"] == 2 and result["size"] == 32 and result["iterations_per_step"] == 2
+
+
+def test_the_cpu_line_names_the_bf16_units_a_cpu_lacks():
+    # An Ice Lake Xeon (AVX-512, no bf16 units), a Zen 4 EPYC (AVX512-BF16, no AMX), a Sapphire Rapids Xeon.
+    assert describe_cpu_flags(["avx2", "avx512f"]) == "avx2 avx512f; no avx512_bf16 or amx_bf16"
+    assert describe_cpu_flags(["avx2", "avx512f", "avx512_bf16"]) == "avx2 avx512f avx512_bf16; no amx_bf16"
+    assert describe_cpu_flags(["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]).endswith("amx_tile")
+    assert describe_cpu_flags([]) == "no AVX2/AVX-512/AMX"
