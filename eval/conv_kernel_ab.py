@@ -2,7 +2,9 @@
 alternates the two kernels step by step (A B, then B A) and reports the median of the paired step
 ratios. ``--compare weight-gradient``: PyTorch's backward of the strided convolutions against the
 per-shape choice of gan_style.nn.strided (im2col's weight gradient where timed faster), the
-stride-1 convolutions by Winograd in both. ``--compare pages``: PyTorch's CPU allocator against
+stride-1 convolutions by Winograd in both. ``--compare narrow``: PyTorch's image-side convolutions
+(a side of at most four channels: the generators' 7x7 entry and exit) against the per-pass choice
+of gan_style.nn.narrow (a GEMM and a tap gather where timed faster). ``--compare pages``: PyTorch's CPU allocator against
 train.reuse_pages (large tensors on the pages of freed ones, gan_style.engine.memory), kernels as
 the trainer chose them.
 
@@ -35,11 +37,12 @@ from gan_style.engine.trainer import Trainer
 from gan_style.errors import UserError
 from gan_style.methods import get_method
 
-#: per comparison, the two settings as (name, conv kernel, strided weight gradient, large blocks
-#: on freed pages); None: as the trainer chose
-SETTINGS = {"winograd": (("direct", "direct", "direct", None), ("winograd", "winograd", "direct", None)),
-            "weight-gradient": (("direct", "winograd", "direct", None), ("measured", "winograd", "measured", None)),
-            "pages": (("pytorch", None, None, False), ("reused", None, None, True))}
+#: per comparison, the two settings as (name, conv kernel, strided weight gradient, image-side
+#: convolutions, large blocks on freed pages); None: as the trainer chose
+SETTINGS = {"winograd": (("direct", "direct", "direct", None, None), ("winograd", "winograd", "direct", None, None)),
+            "weight-gradient": (("direct", "winograd", "direct", None, None), ("measured", "winograd", "measured", None, None)),
+            "narrow": (("direct", "winograd", "measured", "direct", None), ("taps", "winograd", "measured", "measured", None)),
+            "pages": (("pytorch", None, None, None, False), ("reused", None, None, None, True))}
 
 
 def main() -> None:
@@ -50,7 +53,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--compare", choices=tuple(SETTINGS), default="winograd",
-                        help="winograd: direct against Winograd convolutions (default); weight-gradient: PyTorch's strided backward against the measured choice")
+                        help="winograd: direct against Winograd convolutions (default); weight-gradient: PyTorch's strided backward "
+                             "against the measured choice; narrow: PyTorch's image-side convolutions against the measured choice; "
+                             "pages: PyTorch's CPU allocator against freed pages reused")
     parser.add_argument("--page-min-mb", type=float, default=PAGE_REUSE_MIN_BYTES / 2**20,
                         help="--compare pages: the smallest block served from freed pages, in MB")
     args = parser.parse_args()
@@ -70,10 +75,10 @@ def main() -> None:
         sys.exit("error: --compare pages: the page-reusing allocator is not installed here (train.reuse_pages=false, not Linux, no C++ compiler or GAN_STYLE_NATIVE=0)")
     seconds: dict[str, list[float]] = {name: [] for name, *_ in sides}
     for pair in range(args.steps + 1):
-        for name, kernel, weight_gradient, reuse in sides if pair % 2 == 0 else sides[::-1]:
+        for name, kernel, weight_gradient, narrow, reuse in sides if pair % 2 == 0 else sides[::-1]:
             if kernel is not None:
                 for network in trainer.networks.values():
-                    set_conv_kernel(network, kernel, weight_gradient)
+                    set_conv_kernel(network, kernel, weight_gradient, narrow)
             if reuse is not None:
                 set_page_reuse_min_bytes(int(args.page_min_mb * 2**20) if reuse else None)
             start = time.perf_counter()

@@ -140,6 +140,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     from gan_style.engine.memory import page_reuse_counters
     from gan_style.engine.trainer import Trainer
     from gan_style.methods import get_method
+    from gan_style.nn.narrow import narrow_choices
     from gan_style.nn.strided import weight_gradient_choices
 
     method_cls = get_method(method_name)
@@ -191,6 +192,9 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     strided = weight_gradient_choices()  # timed per shape in the steps above (fp32 CPU steps)
     if strided:
         result["strided_weight_gradients"] = strided
+    narrow = narrow_choices()  # the image-facing layers' passes, likewise
+    if narrow:
+        result["narrow_convolutions"] = narrow
     if trainer.device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # Peak memory is read above, so the counted step and the matmul below change no figure that
@@ -232,6 +236,9 @@ def format_result(result: Mapping[str, Any], as_json: bool) -> str:
     if "strided_weight_gradients" in result:
         chosen = [v["kernel"] for v in result["strided_weight_gradients"].values()]
         line += f" (im2col for {chosen.count('im2col')} of {len(chosen)} strided shapes)"
+    if "narrow_convolutions" in result:
+        chosen = [v["kernel"] for v in result["narrow_convolutions"].values()]
+        line += f" (taps for {chosen.count('taps')} of {len(chosen)} image-side passes)"
     if "page_reuse" in result:
         line += f", freed pages reused for {100 * result['page_reuse']['reused_fraction']:.3g}% of the large blocks' bytes"
     if result.get("requested_precision", result["mixed_precision"]) != result["mixed_precision"]:

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from gan_style.nn.layers import InstanceNorm2d, WinogradCapable
+from gan_style.nn.narrow import narrow_kernels_available
 from gan_style.nn.winograd import fused_winograd_available
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class KernelChoice:
     timings_ms: dict[str, float] = field(default_factory=dict)
     conv_kernel: str = "direct"  # see gan_style.nn.layers.Conv2d.kernel
     weight_gradient: str = "direct"  # strided convolutions' weight gradient: "direct" or "measured" (per shape)
+    narrow: str = "direct"  # the image-facing convolutions (a side of <= 4 channels): "direct" or "measured" (per pass)
 
     @property
     def probe_ms(self) -> float:
@@ -90,6 +92,8 @@ class KernelChoice:
             convs = "winograd (fused C transforms) 3x3, 4x4 and 5x5 convolutions"
         if self.weight_gradient == "measured":
             convs += ", strided weight gradients by im2col where timed faster"
+        if self.narrow == "measured":
+            convs += ", image-side convolutions by tap products where timed faster"
         return f"{layout}, {self.norm_kernel} instance norm, {convs}"
 
 
@@ -242,7 +246,11 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # The strided convolutions' weight gradients, in the same fp32 CPU steps, are timed per shape at
     # their first use (gan_style.nn.strided): oneDNN's or im2col's, whichever is faster
     weight_gradient = "measured" if winograd_possible else "direct"
-    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel, weight_gradient)
+    # So are the image-facing layers' passes (gan_style.nn.narrow), where the C gathers are built:
+    # oneDNN's or a GEMM over the wide side with a tap gather on the narrow one
+    narrow = "measured" if winograd_possible and narrow_kernels_available() else "direct"
+    return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel, weight_gradient,
+                        narrow)
 
 
 def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet",
@@ -322,13 +330,15 @@ def set_norm_kernel(network: nn.Module, kernel: str) -> None:
             module.kernel = kernel
 
 
-def set_conv_kernel(network: nn.Module, kernel: str, weight_gradient: str | None = None) -> None:
+def set_conv_kernel(network: nn.Module, kernel: str, weight_gradient: str | None = None, narrow: str | None = None) -> None:
     """Make every convolution layer of ``network`` that can run by Winograd
     (:class:`~gan_style.nn.layers.WinogradCapable`) run as ``kernel``
-    ("direct" or "winograd", see :class:`KernelChoice`), and its strided forms' weight gradients
-    as ``weight_gradient`` ("direct" or "measured"; None: unchanged)."""
+    ("direct" or "winograd", see :class:`KernelChoice`), its strided forms' weight gradients
+    as ``weight_gradient`` and its narrow-sided forms as ``narrow`` ("direct" or "measured"; None: unchanged)."""
     for module in network.modules():
         if isinstance(module, WinogradCapable):
             module.kernel = kernel
             if weight_gradient is not None:
                 module.weight_gradient = weight_gradient
+            if narrow is not None:
+                module.narrow = narrow

@@ -153,7 +153,7 @@ class Trainer:
             if self.channels_last:
                 to_channels_last(net)
             set_norm_kernel(net, self.kernels.norm_kernel)
-            set_conv_kernel(net, self.kernels.conv_kernel, self.kernels.weight_gradient)
+            set_conv_kernel(net, self.kernels.conv_kernel, self.kernels.weight_gradient, self.kernels.narrow)
             self._raw[name] = net
         self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}
         self._check_optimizer_specs()

@@ -72,7 +72,7 @@ class ResnetGenerator(nn.Module):
         bias = conv_bias_for(norm)
         layers: list[nn.Module] = [
             ReflectionPad2d(3),
-            nn.Conv2d(in_channels, ngf, 7, padding=0, bias=bias),
+            Conv2d(in_channels, ngf, 7, padding=0, bias=bias),
             norm_layer(norm, ngf),
             nn.ReLU(True),
         ]
@@ -108,7 +108,7 @@ class ResnetGenerator(nn.Module):
                     nn.ReLU(True),
                 ]
             channels //= 2
-        layers += [ReflectionPad2d(3), nn.Conv2d(channels, out_channels, 7, padding=0), nn.Tanh()]
+        layers += [ReflectionPad2d(3), Conv2d(channels, out_channels, 7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         #: inputs whose sides are multiples of this give outputs of the same size
         self.size_multiple = 4

@@ -110,17 +110,25 @@ class WinogradCapable:
     (PyTorch's convolution; the default, so networks built outside a trainer, as
     ``gan_style.load`` builds them for inference, run directly) or "winograd" where it applies.
     ``weight_gradient``, likewise set by the trainer: "direct" (PyTorch's) or "measured" (the
-    strided convolutions' weight gradients by im2col where timed faster, ``gan_style.nn.strided``)."""
+    strided convolutions' weight gradients by im2col where timed faster, ``gan_style.nn.strided``).
+    ``narrow``, likewise: "direct" or "measured" (the image-facing layers, a side of at most four
+    channels, by a GEMM and a tap gather per pass where timed faster, ``gan_style.nn.narrow``)."""
 
     kernel: str = "direct"
     weight_gradient: str = "direct"
+    narrow: str = "direct"
 
     def stride1_conv2d(self, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
-        """``F.conv2d(x, weight, bias, padding=padding)``, by Winograd where ``kernel`` says so and it applies."""
+        """``F.conv2d(x, weight, bias, padding=padding)``, by Winograd where ``kernel`` says so and it
+        applies, by taps where ``narrow`` says so and the layer has a narrow side."""
         if self.kernel == "winograd" and winograd_applies(x, weight, padding):
             from gan_style.nn.winograd import winograd_conv2d  # it uses this module's layout helpers
 
             return winograd_conv2d(x, weight, bias, padding)
+        if self.narrow == "measured" and min(weight.shape[:2]) <= 4:
+            from gan_style.nn.narrow import narrow_conv2d  # it uses this module's layout helpers
+
+            return narrow_conv2d(x, weight, bias, padding)
         return F.conv2d(x, weight, bias, padding=padding)
 
     def strided_conv2d(self, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Tensor:

@@ -19,10 +19,12 @@ PyTorch's own convolution.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -125,18 +127,26 @@ def conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padd
     choice = _choices.get(key)
     if choice is not None:
         return _backward(choice.kernel, grad_out, x, weight, needs, stride, padding)
-    timings: dict[str, list[float]] = {"direct": [], "im2col": []}
-    for _ in range(2):  # alternating, the best of two each: the first call of either may meet fresh pages
-        for kernel, times in timings.items():
-            start = time.perf_counter()
-            _backward(kernel, grad_out, x, weight, needs, stride, padding)  # dropped at once: two input gradients alive would raise the peak
-            times.append((time.perf_counter() - start) * 1e3)
-    choice = WeightGradientChoice(min(timings["direct"]), min(timings["im2col"]))
+    timings = best_of_alternating({kernel: functools.partial(_backward, kernel, grad_out, x, weight, needs, stride, padding)
+                                   for kernel in ("direct", "im2col")})
+    choice = WeightGradientChoice(timings["direct"], timings["im2col"])
     with _choices_lock:
         _choices[key] = choice
     logger.debug("strided weight gradient %s: %s (direct %.1f ms, im2col %.1f ms)", _describe(key), choice.kernel,
                  choice.direct_ms, choice.im2col_ms)
     return _backward(choice.kernel, grad_out, x, weight, needs, stride, padding)  # once more, kept
+
+
+def best_of_alternating(candidates: Mapping[str, Callable[[], object]], rounds: int = 2) -> dict[str, float]:
+    """Each candidate's best time (ms) over ``rounds`` calls, alternating: the first call of either
+    may meet fresh pages. Results are dropped at once (two input gradients alive would raise the peak)."""
+    timings: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, candidate in candidates.items():
+            start = time.perf_counter()
+            candidate()
+            timings[name] = min(timings.get(name, math.inf), (time.perf_counter() - start) * 1e3)
+    return timings
 
 
 def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool], stride: int,
