@@ -73,6 +73,7 @@ def test_either_choice_trains_like_pytorchs_convolution(monkeypatch, verdict):
     """Through autograd, whichever kernel the measurement picks (forced here), the layer's output
     and gradients are PyTorch's; each pass is measured once and listed."""
     forget_narrow_choices()
+    monkeypatch.setattr(narrow, "MIN_MFLOP", 0)  # the test's small layers
     monkeypatch.setattr(narrow, "_verdict", lambda direct_ms, taps_ms: verdict)
     for shape in SHAPES[:2]:
         n, c_in, c_out, h, w, k, padding = shape
@@ -94,6 +95,7 @@ def test_either_choice_trains_like_pytorchs_convolution(monkeypatch, verdict):
 def test_a_gradient_penalty_through_the_layer_is_differentiated_as_pytorchs(monkeypatch):
     """create_graph (R1): PyTorch's backward, whose own gradient autograd knows."""
     monkeypatch.setattr(narrow, "_verdict", lambda direct_ms, taps_ms: "taps")
+    monkeypatch.setattr(narrow, "MIN_MFLOP", 0)
     x, weight, bias = _inputs(2, 32, 1, 10, 10, 4)
     results = []
     for conv in (lambda *a: narrow_conv2d(*a, 1), lambda *a: F.conv2d(*a, padding=1)):
@@ -104,7 +106,11 @@ def test_a_gradient_penalty_through_the_layer_is_differentiated_as_pytorchs(monk
     forget_narrow_choices()
 
 
-def test_it_applies_to_fp32_cpu_layers_with_a_narrow_and_a_wide_side_only():
+def test_it_applies_to_fp32_cpu_layers_with_a_narrow_and_a_wide_side_only(monkeypatch):
+    # the generators' 7x7 exit at 128 px applies; at 16 px it is too small to time (0.5 MFLOP)
+    assert narrow.narrow_conv_applies(*_inputs(1, 64, 3, 134, 134, 7)[:2], 0)
+    assert not narrow.narrow_conv_applies(*_inputs(1, 64, 3, 22, 22, 7)[:2], 0)
+    monkeypatch.setattr(narrow, "MIN_MFLOP", 0)
     x3, weight3, _ = _inputs(1, 3, 32, 12, 12, 7)
     x32, weight32, _ = _inputs(1, 32, 3, 12, 12, 7)
     assert narrow.narrow_conv_applies(x3, weight3, 0) and narrow.narrow_conv_applies(x32, weight32, 3)
@@ -125,6 +131,7 @@ def test_the_trainer_measures_them_in_fp32_cpu_steps_and_layers_follow(monkeypat
     assert "image-side convolutions by tap products" in choose_kernels("cpu", torch.float32, winograd=True).describe()
     assert choose_kernels("cpu", torch.bfloat16, winograd=True).narrow == "direct"
     ran = []
+    monkeypatch.setattr(narrow, "MIN_MFLOP", 0)
     monkeypatch.setattr(narrow._NarrowConv, "apply", lambda *args: ran.append(args[1].shape) or F.conv2d(args[0], args[1], args[2], padding=args[3]))
     layer = Conv2d(32, 3, 7)
     x = torch.randn(1, 32, 12, 12).contiguous(memory_format=torch.channels_last)

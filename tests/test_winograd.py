@@ -251,7 +251,8 @@ def test_a_winograd_training_step_matches_the_direct_one():
         trainer = Trainer(cls(config_from_overrides(cls, None, settings)), show_progress=False)
         convs = [m for net in trainer.networks.values() for m in net.modules() if isinstance(m, Conv2d)]
         assert {m.kernel for m in convs} == {"winograd" if winograd else "direct"}
-        wide = [m for m in convs if min(m.in_channels, m.out_channels) >= WINOGRAD_MIN_CHANNELS[m.kernel_size[0]] and m.stride == (1, 1)]
+        wide = [m for m in convs if m.kernel_size[0] in WINOGRAD_MIN_CHANNELS and m.stride == (1, 1)
+                and min(m.in_channels, m.out_channels) >= WINOGRAD_MIN_CHANNELS[m.kernel_size[0]]]
         assert sorted(m.kernel_size[0] for m in wide) == [3] * (2 * 6 * 2) + [4] * 2  # G_A, G_B; D_A, D_B
         batches = torch.Generator().manual_seed(0)
         losses = {k: float(v) for k, v in trainer.train_step(trainer.method.synthetic_batch(32, 1, batches)).items()}

@@ -52,6 +52,11 @@ logger = logging.getLogger(__name__)
 NARROW_MAX_CHANNELS = 4
 #: the narrowest wide side: below it the layer is small everywhere and oneDNN's call is as good
 WIDE_MIN_CHANNELS = 16
+#: the least work (forward multiply-adds x 2) a layer's pass must do to be measured: below it a
+#: pass takes well under a millisecond, two timings of it differ by more than the kernels do, and
+#: a choice that changed from run to run would change a run's rounding (the Swapping Autoencoder
+#: demo's 3x3 patch-discriminator entry at 16x16: 7 MFLOP, 0.2-0.5 ms either way)
+MIN_MFLOP = 100
 #: the largest block of tap columns: whole images at a time up to 32 MB (a 3-channel 7x7 image
 #: at 134x134 has 10.6 MB of them)
 TAP_BLOCK_BYTES = 32 << 20
@@ -77,11 +82,13 @@ def narrow_kernels_available() -> bool:
 def narrow_conv_applies(x: Tensor, weight: Tensor, padding: int) -> bool:
     """Whether :func:`narrow_conv2d` may run its own passes: a square kernel of side 3 or more, one
     side of at most ``NARROW_MAX_CHANNELS`` channels and the other of at least
-    ``WIDE_MIN_CHANNELS``, padding below the kernel side, an fp32 input on the CPU outside
-    autocast (channels-last where it is the wide side), and the C gathers built."""
+    ``WIDE_MIN_CHANNELS``, padding below the kernel side, ``MIN_MFLOP`` of work or more, an fp32
+    input on the CPU outside autocast (channels-last where it is the wide side), and the C gathers built."""
     c_out, c_in, k, k_w = weight.shape
     narrow, wide = min(c_in, c_out), max(c_in, c_out)
-    return (k == k_w >= 3 and narrow <= NARROW_MAX_CHANNELS and wide >= WIDE_MIN_CHANNELS and 0 <= padding < k
+    n, _, h, w = x.shape
+    flop = 2 * n * (h + 2 * padding - k + 1) * (w + 2 * padding - k + 1) * c_in * c_out * k * k
+    return (k == k_w >= 3 and narrow <= NARROW_MAX_CHANNELS and wide >= WIDE_MIN_CHANNELS and 0 <= padding < k and flop >= MIN_MFLOP * 1e6
             and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not autocast_on(x)
             and (c_in <= NARROW_MAX_CHANNELS or is_channels_last(x)) and narrow_kernels_available())
 
