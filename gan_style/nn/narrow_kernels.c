@@ -17,14 +17,21 @@ static inline i64 min64(i64 a, i64 b) { return a < b ? a : b; }
 static inline i64 max64(i64 a, i64 b) { return a > b ? a : b; }
 static inline i64 tap_index(i64 dy, i64 dx, i64 k, i64 flip) { return flip ? (k - 1 - dy) * k + (k - 1 - dx) : dy * k + dx; }
 
-/* The columns [x0, x1) of one destination row whose sources lie inside the source image, for a tap at dx. */
-#define SOURCE_SPAN(dx) i64 x0 = max64(0, shift - (dx)), x1 = min64(dst_w, src_w + shift - (dx))
+/* ROW(..., c) with c a compile-time constant where it is 1-4 (the image side), so that the
+   per-channel loops unroll; any other width as it is. */
+#define WITH_CONSTANT_WIDTH(c, ROW, ...)                                                                                   \
+    switch (c) {                                                                                                           \
+    case 1: ROW(__VA_ARGS__, 1); break;                                                                                    \
+    case 2: ROW(__VA_ARGS__, 2); break;                                                                                    \
+    case 3: ROW(__VA_ARGS__, 3); break;                                                                                    \
+    case 4: ROW(__VA_ARGS__, 4); break;                                                                                    \
+    default: ROW(__VA_ARGS__, c);                                                                                          \
+    }
 
 /* dst[b, y, x, ch] = sum over the k*k taps of src[b, y+dy-shift, x+dx-shift, tap*c + ch]: each
-   source value is read once. C is a compile-time constant where it is 1-4 (the image side), so
-   the inner sum is unrolled. */
+   source value is read once. */
 static inline __attribute__((always_inline)) void taps_sum_row(const float *src, float *out, i64 b, i64 y, i64 src_h, i64 src_w,
-                                                               i64 dst_w, i64 k, i64 c, i64 shift, i64 flip)
+                                                               i64 dst_w, i64 k, i64 shift, i64 flip, i64 c)
 {
     const i64 row = k * k * c;
     memset(out, 0, sizeof(float) * dst_w * c);
@@ -34,11 +41,11 @@ static inline __attribute__((always_inline)) void taps_sum_row(const float *src,
             continue;
         const float *line = src + (b * src_h + sy) * src_w * row;
         for (i64 dx = 0; dx < k; dx++) {
-            const float *tap = line + tap_index(dy, dx, k, flip) * c + (dx - shift) * row;
-            SOURCE_SPAN(dx);
+            const float *tap = line + tap_index(dy, dx, k, flip) * c;
+            const i64 x0 = max64(0, shift - dx), x1 = min64(dst_w, src_w + shift - dx); /* sources inside the image */
             for (i64 x = x0; x < x1; x++)
                 for (i64 ch = 0; ch < c; ch++)
-                    out[x * c + ch] += tap[x * row + ch];
+                    out[x * c + ch] += tap[(x + dx - shift) * row + ch];
         }
     }
 }
@@ -50,13 +57,7 @@ void gs_taps_sum(const float *src, float *dst, i64 n, i64 src_h, i64 src_w, i64 
     for (i64 b = 0; b < n; b++)
         for (i64 y = 0; y < dst_h; y++) {
             float *out = dst + (b * dst_h + y) * dst_w * c;
-            switch (c) {
-            case 1: taps_sum_row(src, out, b, y, src_h, src_w, dst_w, k, 1, shift, flip); break;
-            case 2: taps_sum_row(src, out, b, y, src_h, src_w, dst_w, k, 2, shift, flip); break;
-            case 3: taps_sum_row(src, out, b, y, src_h, src_w, dst_w, k, 3, shift, flip); break;
-            case 4: taps_sum_row(src, out, b, y, src_h, src_w, dst_w, k, 4, shift, flip); break;
-            default: taps_sum_row(src, out, b, y, src_h, src_w, dst_w, k, c, shift, flip);
-            }
+            WITH_CONSTANT_WIDTH(c, taps_sum_row, src, out, b, y, src_h, src_w, dst_w, k, shift, flip);
         }
 }
 
@@ -64,7 +65,7 @@ void gs_taps_sum(const float *src, float *dst, i64 n, i64 src_h, i64 src_w, i64 
    im2col of a channels-last image, each tap's c values side by side. Each destination pixel's
    k*k*c columns are written in order (the source rows it reads stay in cache). */
 static inline __attribute__((always_inline)) void taps_spread_row(const float *src, float *out, i64 b, i64 y, i64 src_h,
-                                                                  i64 src_w, i64 dst_w, i64 k, i64 c, i64 shift, i64 flip)
+                                                                  i64 src_w, i64 dst_w, i64 k, i64 shift, i64 flip, i64 c)
 {
     const i64 row = k * k * c;
     for (i64 x = 0; x < dst_w; x++, out += row)
@@ -93,12 +94,6 @@ void gs_taps_spread(const float *src, float *dst, i64 n, i64 src_h, i64 src_w, i
     for (i64 b = 0; b < n; b++)
         for (i64 y = 0; y < dst_h; y++) {
             float *out = dst + (b * dst_h + y) * dst_w * k * k * c;
-            switch (c) {
-            case 1: taps_spread_row(src, out, b, y, src_h, src_w, dst_w, k, 1, shift, flip); break;
-            case 2: taps_spread_row(src, out, b, y, src_h, src_w, dst_w, k, 2, shift, flip); break;
-            case 3: taps_spread_row(src, out, b, y, src_h, src_w, dst_w, k, 3, shift, flip); break;
-            case 4: taps_spread_row(src, out, b, y, src_h, src_w, dst_w, k, 4, shift, flip); break;
-            default: taps_spread_row(src, out, b, y, src_h, src_w, dst_w, k, c, shift, flip);
-            }
+            WITH_CONSTANT_WIDTH(c, taps_spread_row, src, out, b, y, src_h, src_w, dst_w, k, shift, flip);
         }
 }
