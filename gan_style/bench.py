@@ -233,12 +233,11 @@ def format_result(result: Mapping[str, Any], as_json: bool) -> str:
         f" ({result.get('cpu', '?')}; {describe_cpu_flags(result.get('cpu_flags', []))}), "
         f"{result['mixed_precision'] if result['mixed_precision'] != 'no' else 'fp32'}: {result.get('kernels', '')}"
     )
-    if "strided_weight_gradients" in result:
-        chosen = [v["kernel"] for v in result["strided_weight_gradients"].values()]
-        line += f" (im2col for {chosen.count('im2col')} of {len(chosen)} strided shapes)"
-    if "narrow_convolutions" in result:
-        chosen = [v["kernel"] for v in result["narrow_convolutions"].values()]
-        line += f" (taps for {chosen.count('taps')} of {len(chosen)} image-side passes)"
+    for field, alternative, what in (("strided_weight_gradients", "im2col", "strided shapes"),
+                                     ("narrow_convolutions", "taps", "image-side passes")):  # gan_style.nn.measured
+        if field in result:
+            chosen = [v["kernel"] for v in result[field].values()]
+            line += f" ({alternative} for {chosen.count(alternative)} of {len(chosen)} {what})"
     if "page_reuse" in result:
         line += f", freed pages reused for {100 * result['page_reuse']['reused_fraction']:.3g}% of the large blocks' bytes"
     if result.get("requested_precision", result["mixed_precision"]) != result["mixed_precision"]:

@@ -74,7 +74,7 @@ def test_either_choice_trains_like_pytorchs_convolution(monkeypatch, verdict):
     and gradients are PyTorch's; each pass is measured once and listed."""
     forget_narrow_choices()
     monkeypatch.setattr(narrow, "MIN_MFLOP", 0)  # the test's small layers
-    monkeypatch.setattr(narrow, "_verdict", lambda direct_ms, taps_ms: verdict)
+    monkeypatch.setattr(narrow.verdicts, "verdict", lambda direct_ms, taps_ms: verdict)
     for shape in SHAPES[:2]:
         n, c_in, c_out, h, w, k, padding = shape
         x, weight, bias = _inputs(n, c_in, c_out, h, w, k)
@@ -94,7 +94,7 @@ def test_either_choice_trains_like_pytorchs_convolution(monkeypatch, verdict):
 
 def test_a_gradient_penalty_through_the_layer_is_differentiated_as_pytorchs(monkeypatch):
     """create_graph (R1): PyTorch's backward, whose own gradient autograd knows."""
-    monkeypatch.setattr(narrow, "_verdict", lambda direct_ms, taps_ms: "taps")
+    monkeypatch.setattr(narrow.verdicts, "verdict", lambda direct_ms, taps_ms: "taps")
     monkeypatch.setattr(narrow, "MIN_MFLOP", 0)
     x, weight, bias = _inputs(2, 32, 1, 10, 10, 4)
     results = []

@@ -101,6 +101,11 @@ def winograd_applies(x: Tensor, weight: Tensor, padding: int) -> bool:
     return height in narrowest and min(c_in, c_out) >= narrowest[height]
 
 
+#: the widest side a convolution may have to count as narrow (``gan_style.nn.narrow``): images
+#: (3 channels), masks and one-channel maps
+NARROW_MAX_CHANNELS = 4
+
+
 class WinogradCapable:
     """A convolution layer whose stride-1 convolutions can run by Winograd in fp32 steps
     (:func:`winograd_applies`): :class:`Conv2d`, and StyleGAN2's ``EqualConv2d`` and
@@ -125,7 +130,7 @@ class WinogradCapable:
             from gan_style.nn.winograd import winograd_conv2d  # it uses this module's layout helpers
 
             return winograd_conv2d(x, weight, bias, padding)
-        if self.narrow == "measured" and min(weight.shape[:2]) <= 4:
+        if self.narrow == "measured" and min(weight.shape[:2]) <= NARROW_MAX_CHANNELS:  # most layers: wide on both sides
             from gan_style.nn.narrow import narrow_conv2d  # it uses this module's layout helpers
 
             return narrow_conv2d(x, weight, bias, padding)

@@ -33,23 +33,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
-import threading
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gan_style.nn.layers import autocast_on, conv_gradients_needed, is_channels_last, pytorch_conv_backward
+from gan_style.nn.layers import NARROW_MAX_CHANNELS, autocast_on, conv_gradients_needed, is_channels_last, pytorch_conv_backward
+from gan_style.nn.measured import MeasuredChoices
 from gan_style.nn.native import compile_library
-from gan_style.nn.strided import MIN_GAIN, best_of_alternating
 from gan_style.nn.winograd import scratch
 
-logger = logging.getLogger(__name__)
-
-#: the widest side that counts as narrow: images (3 channels), masks and one-channel maps
-NARROW_MAX_CHANNELS = 4
 #: the narrowest wide side: below it the layer is small everywhere and oneDNN's call is as good
 WIDE_MIN_CHANNELS = 16
 #: the least work (forward multiply-adds x 2) a layer's pass must do to be measured: below it a
@@ -93,46 +87,25 @@ def narrow_conv_applies(x: Tensor, weight: Tensor, padding: int) -> bool:
             and (c_in <= NARROW_MAX_CHANNELS or is_channels_last(x)) and narrow_kernels_available())
 
 
-_choices: dict[tuple, tuple[float, float]] = {}
-_choices_lock = threading.Lock()
-
-
-def narrow_choices() -> dict[str, dict[str, float | str]]:
-    """Every pass measured in this process: ``"forward|backward N x C_in x H x W -> C_out, kxk,
-    padding p"`` to its timings (ms) and the kernel chosen ("direct": PyTorch's; "taps")."""
-    with _choices_lock:
-        items = list(_choices.items())
-    return {_describe(key): {"direct_ms": round(direct, 2), "taps_ms": round(taps, 2), "kernel": _verdict(direct, taps)}
-            for key, (direct, taps) in items}
-
-
-def forget_narrow_choices() -> None:
-    """Measure every pass again at its next use (tests)."""
-    with _choices_lock:
-        _choices.clear()
-
-
-def _verdict(direct_ms: float, taps_ms: float) -> str:
-    return "taps" if taps_ms < direct_ms * MIN_GAIN else "direct"
-
-
 def _describe(key: tuple) -> str:
     direction, (n, c_in, h, w), (c_out, _, k, _), padding, needs, threads = key
     wanted = "" if needs is None else " (" + ", ".join(name for name, need in zip(("input", "weight", "bias"), needs) if need) + " gradients)"
     return f"{direction} {n}x{c_in}x{h}x{w} -> {c_out}, {k}x{k}, padding {padding}{wanted}, {threads} threads"
 
 
-def _measured(key: tuple, direct, taps):
-    """``direct()`` or ``taps()``, whichever this key's first run timed faster (both run twice
-    then, alternating, and the faster once more for the result)."""
-    choice = _choices.get(key)
-    if choice is None:
-        timings = best_of_alternating({"direct": direct, "taps": taps})
-        choice = timings["direct"], timings["taps"]
-        with _choices_lock:
-            _choices[key] = choice
-        logger.debug("narrow convolution %s: %s (direct %.1f ms, taps %.1f ms)", _describe(key), _verdict(*choice), *choice)
-    return (taps if _verdict(*choice) == "taps" else direct)()
+#: per pass of each shape: PyTorch's ("direct") or by taps, whichever was faster at its first run
+verdicts = MeasuredChoices("taps", _describe)
+
+
+def narrow_choices() -> dict[str, dict[str, float | str]]:
+    """Every pass measured in this process: ``"forward|backward N x C_in x H x W -> C_out, kxk,
+    padding p"`` to its timings (ms) and the kernel chosen ("direct": PyTorch's; "taps")."""
+    return verdicts.listing()
+
+
+def forget_narrow_choices() -> None:
+    """Measure every pass again at its next use (tests)."""
+    verdicts.forget()
 
 
 def narrow_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
@@ -149,7 +122,7 @@ class _NarrowConv(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
         key = ("forward", tuple(x.shape), tuple(weight.shape), padding, None, torch.get_num_threads())
-        return _measured(key, lambda: F.conv2d(x, weight, bias, padding=padding), lambda: taps_forward(x, weight, bias, padding))
+        return verdicts.run(key, lambda: F.conv2d(x, weight, bias, padding=padding), lambda: taps_forward(x, weight, bias, padding))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
@@ -158,8 +131,8 @@ class _NarrowConv(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph (R1): PyTorch's backward, which autograd differentiates
             return (*pytorch_conv_backward(grad_out, x, weight, needs, 1, ctx.padding), None)
         key = ("backward", tuple(x.shape), tuple(weight.shape), ctx.padding, needs, torch.get_num_threads())
-        return (*_measured(key, lambda: pytorch_conv_backward(grad_out, x, weight, needs, 1, ctx.padding),
-                           lambda: taps_backward(grad_out, x, weight, ctx.padding, needs)), None)
+        return (*verdicts.run(key, lambda: pytorch_conv_backward(grad_out, x, weight, needs, 1, ctx.padding),
+                              lambda: taps_backward(grad_out, x, weight, ctx.padding, needs)), None)
 
 
 # -- the passes by taps --------------------------------------------------------------------------

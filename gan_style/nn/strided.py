@@ -20,66 +20,40 @@ PyTorch's own convolution.
 from __future__ import annotations
 
 import functools
-import logging
-import math
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gan_style.nn.layers import autocast_on, conv_gradients_needed, is_channels_last, pytorch_conv_backward
+from gan_style.nn.measured import MeasuredChoices
 from gan_style.nn.winograd import scratch
-
-logger = logging.getLogger(__name__)
 
 #: the largest block of gathered columns: 32 MB (the biggest layer here, 256 channels at 129x129,
 #: has 38 MB of columns per image and is gathered half an image at a time)
 COLUMN_BLOCK_BYTES = 32 << 20
-#: im2col is chosen when it took less than this fraction of PyTorch's time: a margin over the noise
-#: of two timings on a shared machine (SinCUT's small layers, timed 0.39 against 0.45 ms, then ran
-#: no faster, and the step 1.6 % slower, with the 0.97 first used)
-MIN_GAIN = 0.9
-
-
-@dataclass(frozen=True)
-class WeightGradientChoice:
-    """The verdict for one convolution shape: each way's best of two timings of the layer's whole
-    backward (PyTorch's in one call; PyTorch's input gradient and im2col's weight gradient), and the faster."""
-
-    direct_ms: float
-    im2col_ms: float
-
-    @property
-    def kernel(self) -> str:
-        return "im2col" if self.im2col_ms < self.direct_ms * MIN_GAIN else "direct"
-
-
-_choices: dict[tuple, WeightGradientChoice] = {}
-_choices_lock = threading.Lock()
-
-
-def weight_gradient_choices() -> dict[str, dict[str, float | str]]:
-    """Every strided shape measured in this process: ``"N x C_in x H x W -> C_out, kxk, stride s,
-    padding p"`` to its timings (ms) and the kernel chosen."""
-    with _choices_lock:
-        items = list(_choices.items())
-    return {_describe(key): {"direct_ms": round(c.direct_ms, 2), "im2col_ms": round(c.im2col_ms, 2), "kernel": c.kernel}
-            for key, c in items}
-
-
-def forget_weight_gradient_choices() -> None:
-    """Measure every shape again at its next use (tests; a changed thread count is measured anyway)."""
-    with _choices_lock:
-        _choices.clear()
 
 
 def _describe(key: tuple) -> str:
     (n, c_in, h, w), (c_out, _, k, _), stride, padding, threads = key
     return f"{n}x{c_in}x{h}x{w} -> {c_out}, {k}x{k}, stride {stride}, padding {padding}, {threads} threads"
+
+
+#: per shape: the whole backward by PyTorch in one call ("direct"), or PyTorch's input and bias
+#: gradients with the weight's by im2col, whichever was faster at the shape's first use
+verdicts = MeasuredChoices("im2col", _describe)
+
+
+def weight_gradient_choices() -> dict[str, dict[str, float | str]]:
+    """Every strided shape measured in this process: ``"N x C_in x H x W -> C_out, kxk, stride s,
+    padding p"`` to its timings (ms) and the kernel chosen."""
+    return verdicts.listing()
+
+
+def forget_weight_gradient_choices() -> None:
+    """Measure every shape again at its next use (tests; a changed thread count is measured anyway)."""
+    verdicts.forget()
 
 
 def strided_conv_applies(x: Tensor, weight: Tensor, stride: int) -> bool:
@@ -124,29 +98,8 @@ def conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padd
     if not needs[1]:
         return pytorch_conv_backward(grad_out, x, weight, needs, stride, padding)
     key = (tuple(x.shape), tuple(weight.shape), stride, padding, torch.get_num_threads())
-    choice = _choices.get(key)
-    if choice is not None:
-        return _backward(choice.kernel, grad_out, x, weight, needs, stride, padding)
-    timings = best_of_alternating({kernel: functools.partial(_backward, kernel, grad_out, x, weight, needs, stride, padding)
-                                   for kernel in ("direct", "im2col")})
-    choice = WeightGradientChoice(timings["direct"], timings["im2col"])
-    with _choices_lock:
-        _choices[key] = choice
-    logger.debug("strided weight gradient %s: %s (direct %.1f ms, im2col %.1f ms)", _describe(key), choice.kernel,
-                 choice.direct_ms, choice.im2col_ms)
-    return _backward(choice.kernel, grad_out, x, weight, needs, stride, padding)  # once more, kept
-
-
-def best_of_alternating(candidates: Mapping[str, Callable[[], object]], rounds: int = 2) -> dict[str, float]:
-    """Each candidate's best time (ms) over ``rounds`` calls, alternating: the first call of either
-    may meet fresh pages. Results are dropped at once (two input gradients alive would raise the peak)."""
-    timings: dict[str, float] = {}
-    for _ in range(rounds):
-        for name, candidate in candidates.items():
-            start = time.perf_counter()
-            candidate()
-            timings[name] = min(timings.get(name, math.inf), (time.perf_counter() - start) * 1e3)
-    return timings
+    return verdicts.run(key, *(functools.partial(_backward, kernel, grad_out, x, weight, needs, stride, padding)
+                                for kernel in ("direct", "im2col")))
 
 
 def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool], stride: int,
