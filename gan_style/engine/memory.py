@@ -125,6 +125,7 @@ class PageReuseCounters:
 def _page_reuse_library() -> ctypes.CDLL | None:
     from gan_style.nn import native
 
+    # checked here too: compile_library caches its result per process, GAN_STYLE_NATIVE included
     if platform.system() != "Linux" or not native.enabled():
         return None
     library = native.compile_library("page_reuse", Path(__file__).with_name("page_reuse.cpp").read_text(), language="c++")
