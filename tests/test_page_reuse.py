@@ -78,6 +78,25 @@ def test_a_smaller_request_splits_a_freed_block_and_a_larger_one_merges_them(reu
     assert int(larger.sum()) == 3 * 4 * UNIT + 5 * UNIT
 
 
+def test_freed_neighbours_join_into_the_block_they_were_split_from(reuse):
+    """Three heads cut from one freed block, freed out of order (the middle one last, so it joins
+    the free blocks on both sides): the whole block is served again as it was, with no merge."""
+    whole = _bytes(6 * UNIT).fill_(9)
+    address = whole.data_ptr()
+    del whole
+    parts = [_bytes(2 * UNIT) for _ in range(3)]
+    assert [t.data_ptr() - address for t in parts] == [0, 2 * UNIT, 4 * UNIT]
+    parts[1].fill_(4)
+    for index in (0, 2, 1):
+        parts[index] = None
+    assert reuse().free_bytes >= 6 * UNIT
+    before = reuse()
+    again = _bytes(6 * UNIT)
+    after = reuse()
+    assert again.data_ptr() == address and _all(again[: 2 * UNIT], 9) and _all(again[2 * UNIT : 4 * UNIT], 4)
+    assert _delta(before, after, "exact_calls", "merged_calls", "fresh_bytes", "grown_bytes") == (1, 0, 0, 0)
+
+
 def test_memory_is_mapped_only_up_to_the_live_peak(reuse):
     """Random sizes, allocated and freed in a random order, twice: mapped = live + free at every
     moment, never more than the most ever live, live tensors' bytes intact; the second time, no

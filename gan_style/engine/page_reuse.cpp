@@ -12,6 +12,11 @@
 //   * else, all free blocks smaller: a new mapping of the requested size into which the free
 //     blocks' pages are moved, largest first; only what they do not cover is fresh;
 //   * else, with nothing free, a fresh mapping.
+// A freed block is joined with the free blocks on either side of it in the address space (no
+// system call), so the heads and tails that splits leave behind grow back into whole blocks. Without
+// that, a training step's repeating requests kept splitting blocks into pieces that the next larger
+// request had to gather by mremap: 80 merges (~640 mremap calls) and 30 MB of fresh pages per bf16
+// FastCUT step on a 2-vCPU Xeon, where each mremap's TLB shootdown is dear (docs/speed.md, session n).
 // Mapped memory is always live + free, grows only when nothing free is left, and is never more
 // than the most ever live: the peak stays the live tensors', where glibc's heap kept for reuse
 // (train.keep_heap) fragments and raised it 1.14x. Fresh pages are then needed only to reach a new
@@ -51,6 +56,10 @@ struct Counters {
 struct Block {
   size_t size;
   std::vector<size_t> segments;
+  bool free = false;
+  // its first segment is the rest of the mapping whose head is the last segment of the block just
+  // before it (a split with no system call): joined again, the two are one segment
+  bool continues = false;
 };
 
 // A merged block spans at most this many mappings (the process may hold ~65k: vm.max_map_count).
@@ -60,7 +69,7 @@ struct PageReusingAllocator final : c10::Allocator {
   c10::Allocator* fallback;
   std::atomic<size_t> min_bytes;  // SIZE_MAX: every block to the fallback (eval/conv_kernel_ab.py --compare pages)
   std::mutex mutex;
-  std::unordered_map<char*, Block> blocks;   // every block, handed out or free
+  std::map<char*, Block> blocks;             // every block, handed out or free, by address
   std::multimap<size_t, char*> free_blocks;  // the free ones: size -> address
   Counters counters;
 
@@ -75,13 +84,59 @@ struct PageReusingAllocator final : c10::Allocator {
     char* p = it->second;
     counters.free_bytes -= it->first;
     free_blocks.erase(it);
+    blocks.at(p).free = false;
     return p;
   }
 
+  // Out of free_blocks, the free block at p (found among those of its size).
+  void take_free(char* p) {
+    auto range = free_blocks.equal_range(blocks.at(p).size);
+    take_free(std::find_if(range.first, range.second, [p](const auto& entry) { return entry.second == p; }));
+  }
+
+  // Whether `second` starts where `first` ends and the two may be joined (their segments within kMaxSegments).
+  bool adjacent(std::map<char*, Block>::iterator first, std::map<char*, Block>::iterator second) const {
+    return second != blocks.end() && first->first + first->second.size == second->first &&
+           first->second.segments.size() + second->second.segments.size() <= kMaxSegments;
+  }
+
+  // `second` (right after `first` in the address space) appended to `first`.
+  void append(std::map<char*, Block>::iterator first, std::map<char*, Block>::iterator second) {
+    std::vector<size_t>& segments = first->second.segments;
+    auto from = second->second.segments.begin();
+    if (second->second.continues) segments.back() += *from++;
+    segments.insert(segments.end(), from, second->second.segments.end());
+    first->second.size += second->second.size;
+    blocks.erase(second);
+  }
+
+  // Free the block at p, joined with the free blocks on either side of it.
   void mark_free(char* p) {
-    size_t size = blocks.at(p).size;
-    counters.free_bytes += size;
-    free_blocks.emplace(size, p);
+    auto it = blocks.find(p);
+    auto next = std::next(it);
+    if (adjacent(it, next) && next->second.free) {
+      take_free(next->first);
+      append(it, next);
+    }
+    if (it != blocks.begin()) {
+      auto previous = std::prev(it);
+      if (previous->second.free && adjacent(previous, it)) {
+        take_free(previous->first);
+        append(previous, it);
+        it = previous;
+      }
+    }
+    it->second.free = true;
+    counters.free_bytes += it->second.size;
+    free_blocks.emplace(it->second.size, it->first);
+  }
+
+  // The block at p is going away (moved or unmapped): the block after it no longer continues its mapping.
+  void forget(char* p) {
+    auto it = blocks.find(p);
+    auto next = std::next(it);
+    if (next != blocks.end() && next->first == p + it->second.size) next->second.continues = false;
+    blocks.erase(it);
   }
 
   // The block at p cut to its first n bytes; the rest becomes a free block of its own.
@@ -92,8 +147,9 @@ struct PageReusingAllocator final : c10::Allocator {
     for (size_t length : block.segments) {
       if (offset + length <= n) {
         kept++;
-      } else if (offset < n) {  // the mapping that straddles the cut
+      } else if (offset < n) {  // the mapping that straddles the cut: its rest begins the tail
         tail.segments.push_back(offset + length - n);
+        tail.continues = true;
         block.segments[kept++] = n - offset;
       } else {
         tail.segments.push_back(length);
@@ -112,9 +168,11 @@ struct PageReusingAllocator final : c10::Allocator {
     munmap(p + keep, block.size - keep);  // munmap, unlike mremap, may span mappings
     counters.mapped_bytes -= block.size - keep, counters.released_bytes += block.size - keep;
     if (keep == 0) {
-      blocks.erase(p);
+      forget(p);
       return;
     }
+    auto next = blocks.find(p + block.size);  // its mapping's head is unmapped now
+    if (next != blocks.end()) next->second.continues = false;
     size_t offset = 0, kept = 0;
     for (size_t length : block.segments) {
       if (offset >= keep) break;
@@ -137,7 +195,7 @@ struct PageReusingAllocator final : c10::Allocator {
       char* source = take_free(largest);
       if (blocks.at(source).size > n - offset) split(source, n - offset);
       Block moving = std::move(blocks.at(source));
-      blocks.erase(source);
+      forget(source);
       counters.mapped_bytes -= moving.size;  // counted again below, as part of the merged block
       size_t at = 0;
       for (size_t length : moving.segments) {
