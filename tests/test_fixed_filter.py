@@ -59,12 +59,13 @@ def test_the_filter_modules_have_autograds_gradients(module, channels_last, monk
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     x.requires_grad_()
-    y = module(x)
+    filtered = getattr(module, "filtered", module)  # CUT's sampling by its filter, not gan_style.nn.resample
+    y = filtered(x)
     dy = torch.randn(y.shape, generator=generator)
     (dx,) = torch.autograd.grad(y, x, dy)
     # the same module with autograd's own depthwise-convolution backward
     monkeypatch.setattr(fixed_filter_module._FixedFilter, "apply", lambda *args: fixed_filter_module._filter(*args))
-    y_autograd = module(x)
+    y_autograd = filtered(x)
     (dx_autograd,) = torch.autograd.grad(y_autograd, x, dy)
     assert torch.equal(y, y_autograd)
     torch.testing.assert_close(dx, dx_autograd, rtol=1e-5, atol=1e-6)

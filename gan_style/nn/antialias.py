@@ -3,7 +3,9 @@ again", ICML 2019), as CUT uses them in its generator and discriminator.
 
 The binomial filters are registered buffers named ``filt`` (one copy per channel), because the
 reference checkpoints contain them; they are constants, so the filters' backward is their adjoint
-(``gan_style.nn.fixed_filter``).
+(``gan_style.nn.fixed_filter``). A channels-last fp32 or bf16 CPU image is resampled by the same
+operators in one C pass instead (``gan_style.nn.resample``: pad, filter and stride together, in the
+image's dtype, no fp32 copies in a bf16 step).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_style.nn.fixed_filter import fixed_filter
+from gan_style.nn.resample import resample, resample_applies
 
 
 def _in_float32(filter_fn):
@@ -46,8 +49,13 @@ class Downsample(nn.Module):
         self.channels = channels
         self.register_buffer("filt", _binomial_filter([1.0, 2.0, 1.0], channels, 1.0))
 
-    @_in_float32
     def forward(self, x: Tensor) -> Tensor:
+        if resample_applies(x):
+            return resample(x, "blur_down")
+        return self.filtered(x)
+
+    @_in_float32
+    def filtered(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")
         return fixed_filter(x, self.filt, stride=2)
 
@@ -63,7 +71,12 @@ class Upsample(nn.Module):
         self.channels = channels
         self.register_buffer("filt", _binomial_filter([1.0, 3.0, 3.0, 1.0], channels, 4.0))
 
-    @_in_float32
     def forward(self, x: Tensor) -> Tensor:
+        if resample_applies(x):
+            return resample(x, "bilinear_up")
+        return self.filtered(x)
+
+    @_in_float32
+    def filtered(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")
         return fixed_filter(x, self.filt, stride=2, padding=3, transposed=True)

@@ -1,0 +1,129 @@
+"""CUT's antialiased down- and up-sampling (``gan_style.nn.antialias``) as separable resampling
+of channels-last images in one C pass (``resample_kernels.c``), in the image's own dtype.
+
+Each is an outer product of one 1-D operator per axis, so a layer is ``A_h X A_wᵀ`` per channel and
+its backward (the adjoint) ``A_hᵀ G A_w``: the same kernel with the transposed operators. Each
+operator is a short table per output row: 3 taps for the [1, 2, 1] blur at stride 2 (reflected
+at the borders), 2 for the x2 upsampling, 1-3 and 2-3 for their adjoints.
+
+Why: PyTorch runs these as a pad and a depthwise convolution, and in a bf16 step (where oneDNN's
+bf16 depthwise convolutions are slow) in fp32 with casts around them: 5-10 ms for a 128-channel
+128x128 map forward and backward on a 2-core Xeon, where the image is 4 MB (docs/speed.md,
+session n). Sums are fp32; a bf16 result is rounded once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gan_style.nn.layers import is_channels_last
+from gan_style.nn.native import compile_library
+
+#: the 1-D operators by name: (output length, (output, input, weight) entries) for an input length
+OPERATORS = ("blur_down", "bilinear_up")
+_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+@functools.cache
+def _native() -> ctypes.CDLL | None:
+    library = compile_library("resample_kernels", Path(__file__).with_name("resample_kernels.c").read_text())
+    if library is None:
+        return None
+    for suffix in _DTYPES.values():
+        kernel = getattr(library, f"gs_resample_{suffix}")
+        kernel.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 6 + ([ctypes.c_void_p] * 3 + [ctypes.c_int64]) * 2
+        kernel.restype = None
+    return library
+
+
+@torch.compiler.assume_constant_result  # torch.compile: evaluated once, not traced (it may build the library)
+def resample_kernels_available() -> bool:
+    """Whether the C kernel is built here (a C compiler, ``GAN_STYLE_NATIVE`` not 0)."""
+    return _native() is not None
+
+
+def operator_matrix(name: str, size: int) -> Tensor:
+    """The 1-D operator ``name`` for an axis of ``size`` pixels, dense (output x input, float64).
+
+    ``blur_down``: [1, 2, 1] / 4 at every second pixel, reflect-padded by one (antialias.Downsample
+    per axis: its 3x3 filter is the outer product of this one with itself).
+    ``bilinear_up``: x2, each new pixel 3/4 of its nearest and 1/4 of its next nearest, replicated
+    at the borders (antialias.Upsample per axis: [1, 3, 3, 1] / 4 transposed at stride 2 on a
+    replicate-padded input, which is bilinear upsampling with align_corners=False)."""
+    if name == "blur_down":
+        if size < 2:
+            raise ValueError("reflection padding needs at least 2 pixels")
+        out = (size - 1) // 2 + 1
+        matrix = torch.zeros(out, size, dtype=torch.float64)
+        for i in range(out):
+            for tap, weight in zip((-1, 0, 1), (0.25, 0.5, 0.25), strict=True):
+                j = 2 * i + tap
+                matrix[i, -j if j < 0 else 2 * (size - 1) - j if j >= size else j] += weight
+        return matrix
+    if name == "bilinear_up":
+        matrix = torch.zeros(2 * size, size, dtype=torch.float64)
+        for m in range(size):
+            matrix[2 * m, max(m - 1, 0)] += 0.25
+            matrix[2 * m, m] += 0.75
+            matrix[2 * m + 1, m] += 0.75
+            matrix[2 * m + 1, min(m + 1, size - 1)] += 0.25
+        return matrix
+    raise ValueError(f"unknown operator {name!r}; one of {OPERATORS}")
+
+
+@functools.cache
+def _table(name: str, size: int, adjoint: bool) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """The operator for ``size`` pixels (or its adjoint) as (taps per output, input indices, weights,
+    table width, input length)."""
+    matrix = operator_matrix(name, size)
+    matrix = matrix.t() if adjoint else matrix
+    taps = (matrix != 0).sum(1)
+    width = int(taps.max())
+    indices = torch.zeros(matrix.shape[0], width, dtype=torch.int64)
+    weights = torch.zeros(matrix.shape[0], width, dtype=torch.float32)
+    for row in range(matrix.shape[0]):
+        (columns,) = matrix[row].nonzero(as_tuple=True)
+        indices[row, : len(columns)] = columns
+        weights[row, : len(columns)] = matrix[row, columns].float()
+    return taps, indices, weights, width, matrix.shape[1]
+
+
+def resample_applies(x: Tensor) -> bool:
+    """Whether :func:`resample` runs ``x`` by the C kernel: a channels-last fp32 or bf16 CPU image."""
+    return (x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 4 and is_channels_last(x)
+            and resample_kernels_available())
+
+
+def resample(x: Tensor, name: str) -> Tensor:
+    """``x`` (N, C, H, W), channels-last (:func:`resample_applies`), through the operator ``name`` on
+    both axes; in ``x``'s dtype, channels-last, differentiable (also twice: R1's create_graph)."""
+    return _Resample.apply(x, name, tuple(x.shape[-2:]), False)
+
+
+class _Resample(torch.autograd.Function):
+    """The operator ``name`` for an input of ``size`` (H, W) on both axes, or (``adjoint``) its
+    transpose, which maps an output-sized image back to ``size``; each one's backward is the other."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, name: str, size: tuple[int, int], adjoint: bool) -> Tensor:
+        ctx.name, ctx.size, ctx.adjoint = name, size, adjoint
+        rows, columns = (_table(name, length, adjoint) for length in size)
+        n, c, h, w = x.shape
+        if (h, w) != (rows[4], columns[4]):
+            raise ValueError(f"resampling {name!r}{' (adjoint)' if adjoint else ''} for {size} expects {rows[4]}x{columns[4]} pixels, got {h}x{w}")
+        out = torch.empty((n, c, rows[0].shape[0], columns[0].shape[0]), dtype=x.dtype, memory_format=torch.channels_last)
+        kernel = getattr(_native(), f"gs_resample_{_DTYPES[x.dtype]}")
+        kernel(x.data_ptr(), out.data_ptr(), n, h, w, c, out.shape[2], out.shape[3],
+               rows[0].data_ptr(), rows[1].data_ptr(), rows[2].data_ptr(), rows[3],
+               columns[0].data_ptr(), columns[1].data_ptr(), columns[2].data_ptr(), columns[3])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        return _Resample.apply(grad, ctx.name, ctx.size, not ctx.adjoint), None, None, None
