@@ -1,14 +1,16 @@
-"""CUT's antialiased sampling by separable resampling in C (gan_style.nn.resample): the same
-function and gradients as the modules' pad-and-filter path, in fp32 and bf16, with a double
-backward; used exactly where it applies."""
+"""CUT's antialiased sampling and the reflection pads' backward by separable resampling in C
+(gan_style.nn.resample): the same function and gradients as PyTorch's pads and the modules'
+filter path, in fp32 and bf16, with a double backward; used exactly where it applies."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gan_style.nn import resample as resample_module
 from gan_style.nn.antialias import Downsample, Upsample
+from gan_style.nn.layers import ReflectionPad2d
 from gan_style.nn.resample import operator_matrix, resample, resample_applies, resample_kernels_available
 
 pytestmark = pytest.mark.skipif(not resample_kernels_available(), reason="no C compiler here (or GAN_STYLE_NATIVE=0)")
@@ -83,8 +85,28 @@ def test_it_applies_to_channels_last_fp32_and_bf16_cpu_images_only(monkeypatch):
     assert not resample_applies(image.half().contiguous(memory_format=torch.channels_last))
     assert not resample_applies(image.to("meta").contiguous(memory_format=torch.channels_last))
     calls = []
-    monkeypatch.setattr(resample_module._Resample, "apply", lambda *args: calls.append(args[1]) or args[0])
+    monkeypatch.setattr(resample_module._Resample, "apply", lambda *args: calls.append(args[1][0]) or args[0])
     Downsample(8)(image.contiguous(memory_format=torch.channels_last))
     Upsample(8)(image.contiguous(memory_format=torch.channels_last))
     Downsample(8)(image)
     assert calls == ["blur_down", "bilinear_up"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reflection_padding_keeps_pytorchs_forward_and_gathers_its_gradient(dtype):
+    """ReflectionPad2d on a channels-last image: PyTorch's values, in the input's dtype under a
+    bf16 autocast; its gradient by the adjoint's gather, the sums rounded once; twice differentiable."""
+    generator = torch.Generator().manual_seed(2)
+    pad = ReflectionPad2d((3, 1, 2, 0))
+    x = torch.randn(2, 16, 9, 6, generator=generator)
+    x_c = _channels_last(x, dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = pad(x_c)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, F.pad(x_c.detach(), (3, 1, 2, 0), mode="reflect"))
+    dy = torch.randn(y.shape, generator=generator)
+    (dx,) = torch.autograd.grad(y, x_c, _channels_last(dy, dtype), create_graph=True)
+    x64 = x.double().requires_grad_()
+    (expected,) = torch.autograd.grad(F.pad(x64, (3, 1, 2, 0), mode="reflect"), x64, dy.to(dtype).double())
+    torch.testing.assert_close(dx.double(), expected, rtol=0, atol=1e-6 if dtype == torch.float32 else 2e-2)
+    assert dx.requires_grad  # the gather is differentiable again

@@ -76,7 +76,17 @@ def pytorch_conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, needs: tu
 
 
 class ReflectionPad2d(_PadsInItsInputDtype, nn.ReflectionPad2d):
-    """``nn.ReflectionPad2d`` in its input's dtype under autocast (see ``_PadsInItsInputDtype``)."""
+    """``nn.ReflectionPad2d`` in its input's dtype under autocast (see ``_PadsInItsInputDtype``);
+    for a channels-last fp32 or bf16 CPU image its backward is ``gan_style.nn.resample``'s gather,
+    where PyTorch's zero-fills and scatters (fwd + bwd 0.54 against 1.15 ms for a bf16 128-channel
+    128x128 map, 2 threads of a Xeon)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        from gan_style.nn.resample import reflection_pad, resample_applies  # it uses this module's layout helpers
+
+        if resample_applies(x):
+            return reflection_pad(x, self.padding)
+        return super().forward(x)
 
 
 class ReplicationPad2d(_PadsInItsInputDtype, nn.ReplicationPad2d):

@@ -43,6 +43,10 @@ static inline uint16_t bf16_store(float f)
                 for (i64 p = 0; p < out_h; p++) {                                                                          \
                     T *dst = out + ((b * out_h + p) * out_w) * c;                                                          \
                     for (i64 q = 0; q < out_w; q++, dst += c) {                                                            \
+                        if (rn[p] == 1 && cn[q] == 1 && rw[p * rt] == 1.0f && cw[q * ct] == 1.0f) { /* a pad's copy */     \
+                            memcpy(dst, in + ((b * h + ri[p * rt]) * w + ci[q * ct]) * c, sizeof(T) * c);                  \
+                            continue;                                                                                      \
+                        }                                                                                                  \
                         for (i64 ch = 0; ch < c; ch++)                                                                     \
                             acc[ch] = 0.0f;                                                                                \
                         for (i64 t = 0; t < rn[p]; t++) {                                                                  \
