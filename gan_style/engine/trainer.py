@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from gan_style.config import dump_yaml, to_dict
 from gan_style.data.sharding import epoch_order, shard_batches
+from gan_style.engine import optimizers
 from gan_style.engine.checkpoint import (
     FORMAT,
     LATEST,
@@ -210,9 +211,9 @@ class Trainer:
         vectorised = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
         kwargs = dict(lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, **vectorised)
         if spec.kind == "adam":
-            return torch.optim.Adam(params, **kwargs)
+            return optimizers.Adam(params, **kwargs)
         if spec.kind == "adamw":
-            return torch.optim.AdamW(params, **kwargs)
+            return optimizers.AdamW(params, **kwargs)
         raise ValueError(f"unknown optimizer kind {spec.kind!r}")
 
     def unwrapped(self, name: str) -> nn.Module:
