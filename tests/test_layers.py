@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_style.nn.layers import InstanceNorm2d, ReflectionPad2d, ReplicationPad2d, instance_norm
+from gan_style.nn.layers import InstanceNorm2d, ReflectionPad2d, ReplicationPad2d, fused_norm_available, instance_norm
 
 
 @pytest.mark.parametrize("ours,theirs", [(ReflectionPad2d, nn.ReflectionPad2d), (ReplicationPad2d, nn.ReplicationPad2d)])
@@ -60,12 +60,15 @@ def test_channels_last_instance_norm_is_accurate_when_the_mean_dwarfs_the_spread
     assert (InstanceNorm2d(64)(_channels_last(x)).double() - expected).abs().max() < 1e-4
 
 
-def test_channels_last_instance_norm_in_bf16_autocast():
+@pytest.mark.parametrize("kernel", ["batchnorm", "fused"])
+def test_channels_last_instance_norm_in_bf16_autocast(kernel):
     torch.manual_seed(0)
     x = _channels_last(torch.randn(2, 16, 24, 20) * 2 + 30).bfloat16().requires_grad_()
     dy = _channels_last(torch.randn(2, 16, 24, 20)).bfloat16()
+    norm = InstanceNorm2d(16)
+    norm.kernel = kernel
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = InstanceNorm2d(16)(x)
+        y = norm(x)
         z = nn.ReLU(inplace=True)(y)  # the output is no view: an in-place ReLU may follow
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
     z.backward(dy)
@@ -97,7 +100,8 @@ def test_kernel_choice_on_the_stylegan2_probe_and_5d_weights():
     choice = choose_kernels("cpu", torch.float32, family="stylegan2")
     # its layers run Winograd too (gan_style.nn.layers.WinogradCapable): the convolution kernel is
     # measured, and where the fused transforms are built the layout is theirs, channels-last
-    layouts = {"channels_last/batchnorm"} | (set() if fused_winograd_available() else {"nchw/native"})
+    layouts = ({"channels_last/batchnorm"} | ({"channels_last/fused"} if fused_norm_available() else set())
+               | (set() if fused_winograd_available() else {"nchw/native"}))
     assert set(choice.timings_ms) == layouts | {"direct 3x3 convolutions", "winograd 3x3 convolutions"}
     with pytest.raises(ValueError, match="kernel probe"):
         choose_kernels("cpu", torch.float32, family="vit")
@@ -173,13 +177,66 @@ def test_affine_instance_norm_of_one_channels_last_sample(running_stats):
         torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
 
 
-def test_bf16_instance_norm_gradient_with_a_large_common_mode():
+@pytest.mark.parametrize("kernel", ["batchnorm", "fused"])
+def test_bf16_instance_norm_gradient_with_a_large_common_mode(kernel):
     # the norm's gradient removes each channel's mean of dy; computed from uncentred bf16 terms
     # that cancellation lost the small remainder (CUT's PatchNCE loss drifted from fp32)
     torch.manual_seed(0)
     x = _channels_last(torch.randn(2, 8, 16, 16) * 2 + 30).bfloat16().requires_grad_()
     dy = _channels_last(torch.randn(2, 8, 16, 16) + 50).bfloat16()
-    InstanceNorm2d(8)(x).backward(dy)
+    norm = InstanceNorm2d(8)
+    norm.kernel = kernel
+    norm(x).backward(dy)
     reference_x = x.detach().double().requires_grad_()
     nn.InstanceNorm2d(8)(reference_x).backward(dy.double())
     assert (x.grad.double() - reference_x.grad).abs().max() < 2 * 2**-7 * reference_x.grad.abs().max()
+
+
+needs_fused_norm = pytest.mark.skipif(not fused_norm_available(), reason="no C compiler here (or GAN_STYLE_NATIVE=0)")
+
+
+@needs_fused_norm
+@pytest.mark.parametrize("affine", [None, (5,), (3, 5)])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_kernel_is_instance_norm_with_its_gradients(dtype, batch, affine):
+    """Every sample of a channels-last batch in one C call, against float64 by definition: fp32
+    to its rounding; bf16 within 2 units in the last place (its inputs are the bf16 values)."""
+    generator = torch.Generator().manual_seed(0)
+    x = _channels_last(torch.randn(batch, 5, 13, 11, generator=generator) * 3 + 2).to(dtype).requires_grad_()
+    dy = _channels_last(torch.randn(batch, 5, 13, 11, generator=generator)).to(dtype)
+    scale = None if affine is None else torch.rand(affine[0] if len(affine) == 1 else (batch, 5), generator=generator).requires_grad_()
+    shift = None if affine is None else torch.randn(scale.shape, generator=generator).requires_grad_()
+    y = instance_norm(x, 1e-5, scale, shift, kernel="fused")
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert type(y.grad_fn).__name__ == "_FusedInstanceNormBackward"  # not another kernel's
+    leaves = [t for t in (x, scale, shift) if t is not None]
+    grads = torch.autograd.grad(y, leaves, dy)
+    reference_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    reference = instance_norm(reference_leaves[0].contiguous(), 1e-5, *reference_leaves[1:])  # NCHW group norm
+    reference_grads = torch.autograd.grad(reference, reference_leaves, dy.double())
+    relative = 1e-6 if dtype == torch.float32 else 2 * 2**-7
+    assert (y.double() - reference).abs().max() <= relative * reference.abs().max()
+    for grad, expected in zip(grads, reference_grads, strict=True):
+        assert grad.dtype == (dtype if grad.shape == x.shape else torch.float32)
+        assert (grad.double() - expected).abs().max() <= relative * expected.abs().max() * 4
+
+
+@needs_fused_norm
+def test_the_fused_kernel_is_accurate_when_the_mean_dwarfs_the_spread_and_has_a_double_backward():
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 32, 32) + 100
+    expected = nn.InstanceNorm2d(64)(x.double())
+    assert (instance_norm(_channels_last(x), kernel="fused").double() - expected).abs().max() < 1e-4
+    # R1 through a discriminator's norms: the C backward hands a double backward to autograd
+    norm = InstanceNorm2d(4)
+    norm.kernel = "fused"
+    small = torch.randn(2, 4, 6, 5)
+
+    def penalty_gradient(inputs: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        inputs = inputs.requires_grad_()
+        (grad,) = torch.autograd.grad(module(inputs).pow(3).sum(), inputs, create_graph=True)
+        return torch.autograd.grad(grad.square().sum(), inputs)[0]
+
+    torch.testing.assert_close(penalty_gradient(_channels_last(small), norm).double(),
+                               penalty_gradient(small.double(), nn.InstanceNorm2d(4)), rtol=1e-4, atol=1e-5)

@@ -19,7 +19,10 @@ candidate configuration and keeps the fastest:
   group norm takes the variance as E[x²] - E[x]² (0.24 max error at mean 100, std 1, in fp32) and
   its backward is 4-15x slower than on NCHW (bf16, AVX-512 Xeon: 55 ms for 2x128x128x128 forward
   and backward, 36.6 ms by the NCHW detour, 8-11 ms by the sums); the batch-norm kernel is 2-4x
-  faster than the sums at batch 1 and 1.3-2x at batch 2. The statistics are fp32 in every kernel.
+  faster than the sums at batch 1 and 1.3-2x at batch 2. Where the C kernels are built, also every
+  sample in one C call ("fused", ``gan_style.nn.layers._FusedInstanceNorm``: 1.3-2.2x faster than
+  the batch-norm kernel per map, fp32 and bf16, 2 threads of an AMX Xeon). The statistics are
+  fp32 in every kernel.
 
 Then, for fp32 steps on the CPU, the convolution kernel, timed on one 256-channel residual block
 in the chosen layout: PyTorch's direct convolution ("direct"), or Winograd's F(4x4, 3x3) for the
@@ -56,7 +59,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gan_style.nn.layers import InstanceNorm2d, WinogradCapable
+from gan_style.nn.layers import InstanceNorm2d, WinogradCapable, fused_norm_available
 from gan_style.nn.narrow import narrow_kernels_available
 from gan_style.nn.winograd import fused_winograd_available
 
@@ -66,7 +69,7 @@ logger = logging.getLogger(__name__)
 STEP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: norm kernels in order of preference, for candidates within 3 % of the fastest (after the layout)
-KERNEL_PREFERENCE = ("float32", "native", "batchnorm", "reductions", "contiguous")
+KERNEL_PREFERENCE = ("float32", "native", "batchnorm", "fused", "reductions", "contiguous")
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,8 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # On the CPU only the batch-norm kernel: timed alone it beat the sums on every map of these
     # networks (fp32 and bf16, batch 1 and 2), and the sums beat the NCHW detour (2x128x128x128
     # bf16: 8-11 vs 36.6 ms), which the probe had not told apart (whole CUT bf16 steps: 0.55 vs 0.61 s).
-    channels_last_kernels = ("native", "batchnorm", "reductions", "contiguous") if device.type == "cuda" else ("batchnorm",)
+    channels_last_kernels = (("native", "batchnorm", "reductions", "contiguous") if device.type == "cuda"
+                             else ("batchnorm", "fused") if fused_norm_available() else ("batchnorm",))
     candidates = [(cl, kernel) for cl in layouts for kernel in (channels_last_kernels if cl else nchw_kernels)]
     timings = _median_ms({_candidate_name(*c): _probe(device, dtype, *c, family) for c in candidates}, device)
     best_time = min(timings.values())

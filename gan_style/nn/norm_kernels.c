@@ -1,0 +1,199 @@
+/* Instance normalisation of channels-last images (gan_style.nn.layers, norm kernel "fused"):
+   every sample of a batch in one call, forward and backward, in the image's dtype (fp32 or bf16)
+   with fp32 statistics.
+
+   Images are (N, HW, C), contiguous. Per sample and channel (Ulyanov et al. 2016; biased variance):
+
+       x̂ = (x - mean) rstd,   rstd = 1 / sqrt(var + eps),   y = γ x̂ + β                  (forward)
+       dx = γ rstd (dy - mean(dy) - x̂ mean(dy x̂)),   dγ = Σ dy x̂,   dβ = Σ dy          (backward)
+
+   The variance is the centred (two-pass) one: E[x²] - E[x]² cancels when |mean| >> std. Sums run
+   over blocks of SUM_BLOCK rows, whose partial sums are added up at the end, so that the rounding
+   of a sum grows with HW / SUM_BLOCK + SUM_BLOCK, not with HW. The threads split a sample's rows;
+   their partial sums meet in `partial` (threads x C floats per quantity). */
+
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int64_t i64;
+
+#define SUM_BLOCK 128
+
+static inline float bf16_load(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t bf16_store(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a (quiet) NaN */
+        return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+/* The rows [first, last) of one thread for `rows` rows split among `threads`. */
+static inline void row_range(i64 rows, int thread, int threads, i64 *first, i64 *last)
+{
+    *first = rows * thread / threads;
+    *last = rows * (thread + 1) / threads;
+}
+
+#define AS_IS(x) (x)
+
+/* forward: y, and the per-(sample, channel) mean and rstd kept for the backward. scale and shift
+   are (N, C) fp32 or NULL (γ = 1, β = 0). */
+#define FORWARD(NAME, T, LOAD, STORE)                                                                                      \
+    void NAME(const T *x, T *y, float *mean, float *rstd, const float *scale, const float *shift, i64 n, i64 hw, i64 c,   \
+              float eps)                                                                                                   \
+    {                                                                                                                      \
+        const int threads = omp_get_max_threads();                                                                         \
+        float *partial = malloc(sizeof(float) * threads * c);                                                             \
+        for (i64 b = 0; b < n; b++) {                                                                                      \
+            const T *xs = x + b * hw * c;                                                                                  \
+            T *ys = y + b * hw * c;                                                                                        \
+            float *m = mean + b * c, *r = rstd + b * c;                                                                    \
+            _Pragma("omp parallel num_threads(threads)")                                                                   \
+            {                                                                                                              \
+                const int t = omp_get_thread_num(), team = omp_get_num_threads();                                          \
+                i64 first, last;                                                                                           \
+                row_range(hw, t, team, &first, &last);                                                                     \
+                float total[c], block[c];                                                                                  \
+                /* pass 1: the mean */                                                                                     \
+                for (i64 ch = 0; ch < c; ch++)                                                                             \
+                    total[ch] = 0.0f;                                                                                      \
+                for (i64 start = first; start < last; start += SUM_BLOCK) {                                                \
+                    const i64 stop = start + SUM_BLOCK < last ? start + SUM_BLOCK : last;                                  \
+                    for (i64 ch = 0; ch < c; ch++)                                                                         \
+                        block[ch] = 0.0f;                                                                                  \
+                    for (i64 row = start; row < stop; row++)                                                               \
+                        for (i64 ch = 0; ch < c; ch++)                                                                     \
+                            block[ch] += LOAD(xs[row * c + ch]);                                                           \
+                    for (i64 ch = 0; ch < c; ch++)                                                                         \
+                        total[ch] += block[ch];                                                                            \
+                }                                                                                                          \
+                memcpy(partial + t * c, total, sizeof(float) * c);                                                         \
+                _Pragma("omp barrier")                                                                                     \
+                _Pragma("omp single")                                                                                      \
+                for (i64 ch = 0; ch < c; ch++) {                                                                           \
+                    float sum = 0.0f;                                                                                      \
+                    for (int u = 0; u < team; u++)                                                                         \
+                        sum += partial[u * c + ch];                                                                        \
+                    m[ch] = sum / (float)hw;                                                                               \
+                }                                                                                                          \
+                /* pass 2: the centred variance (omp single ends with a barrier) */                                        \
+                for (i64 ch = 0; ch < c; ch++)                                                                             \
+                    total[ch] = 0.0f;                                                                                      \
+                for (i64 start = first; start < last; start += SUM_BLOCK) {                                                \
+                    const i64 stop = start + SUM_BLOCK < last ? start + SUM_BLOCK : last;                                  \
+                    for (i64 ch = 0; ch < c; ch++)                                                                         \
+                        block[ch] = 0.0f;                                                                                  \
+                    for (i64 row = start; row < stop; row++)                                                               \
+                        for (i64 ch = 0; ch < c; ch++) {                                                                   \
+                            const float d = LOAD(xs[row * c + ch]) - m[ch];                                                \
+                            block[ch] += d * d;                                                                            \
+                        }                                                                                                  \
+                    for (i64 ch = 0; ch < c; ch++)                                                                         \
+                        total[ch] += block[ch];                                                                            \
+                }                                                                                                          \
+                _Pragma("omp barrier") /* every thread has read the means' partials */                                    \
+                memcpy(partial + t * c, total, sizeof(float) * c);                                                         \
+                _Pragma("omp barrier")                                                                                     \
+                _Pragma("omp single")                                                                                      \
+                for (i64 ch = 0; ch < c; ch++) {                                                                           \
+                    float sum = 0.0f;                                                                                      \
+                    for (int u = 0; u < team; u++)                                                                         \
+                        sum += partial[u * c + ch];                                                                        \
+                    r[ch] = 1.0f / sqrtf(sum / (float)hw + eps);                                                           \
+                }                                                                                                          \
+                /* pass 3: y = x̂ γ + β = (x - mean) a + β, a = γ rstd (centred first: no cancellation) */                \
+                float multiplier[c], addend[c];                                                                            \
+                for (i64 ch = 0; ch < c; ch++) {                                                                           \
+                    multiplier[ch] = r[ch] * (scale ? scale[b * c + ch] : 1.0f);                                           \
+                    addend[ch] = shift ? shift[b * c + ch] : 0.0f;                                                         \
+                }                                                                                                          \
+                for (i64 row = first; row < last; row++)                                                                   \
+                    for (i64 ch = 0; ch < c; ch++)                                                                         \
+                        ys[row * c + ch] = STORE((LOAD(xs[row * c + ch]) - m[ch]) * multiplier[ch] + addend[ch]);          \
+            }                                                                                                              \
+        }                                                                                                                  \
+        free(partial);                                                                                                     \
+    }
+
+/* backward: dx (may be NULL: only the affine map's gradients), and per (sample, channel) Σ dy
+   and Σ dy x̂ (dβ and dγ before summing over samples). */
+#define BACKWARD(NAME, T, LOAD, STORE)                                                                                     \
+    void NAME(const T *dy, const T *x, const float *mean, const float *rstd, const float *scale, T *dx, float *sum_dy,     \
+              float *sum_dy_xhat, i64 n, i64 hw, i64 c)                                                                    \
+    {                                                                                                                      \
+        const int threads = omp_get_max_threads();                                                                         \
+        float *partial = malloc(sizeof(float) * threads * 2 * c);                                                         \
+        for (i64 b = 0; b < n; b++) {                                                                                      \
+            const T *dys = dy + b * hw * c, *xs = x + b * hw * c;                                                          \
+            const float *m = mean + b * c, *r = rstd + b * c;                                                              \
+            float *sd = sum_dy + b * c, *sdx = sum_dy_xhat + b * c;                                                        \
+            _Pragma("omp parallel num_threads(threads)")                                                                   \
+            {                                                                                                              \
+                const int t = omp_get_thread_num(), team = omp_get_num_threads();                                          \
+                i64 first, last;                                                                                           \
+                row_range(hw, t, team, &first, &last);                                                                     \
+                float total[2 * c], block[2 * c];                                                                          \
+                for (i64 ch = 0; ch < 2 * c; ch++)                                                                         \
+                    total[ch] = 0.0f;                                                                                      \
+                for (i64 start = first; start < last; start += SUM_BLOCK) {                                                \
+                    const i64 stop = start + SUM_BLOCK < last ? start + SUM_BLOCK : last;                                  \
+                    for (i64 ch = 0; ch < 2 * c; ch++)                                                                     \
+                        block[ch] = 0.0f;                                                                                  \
+                    for (i64 row = start; row < stop; row++)                                                               \
+                        for (i64 ch = 0; ch < c; ch++) {                                                                   \
+                            const float g = LOAD(dys[row * c + ch]);                                                       \
+                            block[ch] += g;                                                                                \
+                            block[c + ch] += g * (LOAD(xs[row * c + ch]) - m[ch]);                                         \
+                        }                                                                                                  \
+                    for (i64 ch = 0; ch < 2 * c; ch++)                                                                     \
+                        total[ch] += block[ch];                                                                            \
+                }                                                                                                          \
+                memcpy(partial + t * 2 * c, total, sizeof(float) * 2 * c);                                                 \
+                _Pragma("omp barrier")                                                                                     \
+                _Pragma("omp single")                                                                                      \
+                for (i64 ch = 0; ch < c; ch++) {                                                                           \
+                    float s = 0.0f, sx = 0.0f;                                                                             \
+                    for (int u = 0; u < team; u++) {                                                                       \
+                        s += partial[u * 2 * c + ch];                                                                      \
+                        sx += partial[u * 2 * c + c + ch];                                                                 \
+                    }                                                                                                      \
+                    sd[ch] = s;                                                                                            \
+                    sdx[ch] = sx * r[ch];                                                                                  \
+                }                                                                                                          \
+                if (dx != NULL) {                                                                                          \
+                    /* dx = a (dy - mean(dy)) + slope (x - mean), a = γ rstd, slope = -a rstd Σdyx̂ / hw; each  \
+                       term centred first: a gradient's common mode and an input's mean cancel exactly */                 \
+                    T *dxs = dx + b * hw * c;                                                                              \
+                    float a[c], slope[c], mean_dy[c];                                                                      \
+                    for (i64 ch = 0; ch < c; ch++) {                                                                       \
+                        a[ch] = r[ch] * (scale ? scale[b * c + ch] : 1.0f);                                                \
+                        slope[ch] = -a[ch] * r[ch] * sdx[ch] / (float)hw;                                                  \
+                        mean_dy[ch] = sd[ch] / (float)hw;                                                                  \
+                    }                                                                                                      \
+                    for (i64 row = first; row < last; row++)                                                               \
+                        for (i64 ch = 0; ch < c; ch++)                                                                     \
+                            dxs[row * c + ch] = STORE(a[ch] * (LOAD(dys[row * c + ch]) - mean_dy[ch])                      \
+                                                      + slope[ch] * (LOAD(xs[row * c + ch]) - m[ch]));                     \
+                }                                                                                                          \
+            }                                                                                                              \
+        }                                                                                                                  \
+        free(partial);                                                                                                     \
+    }
+
+FORWARD(gs_instance_norm_forward_f32, float, AS_IS, AS_IS)
+FORWARD(gs_instance_norm_forward_bf16, uint16_t, bf16_load, bf16_store)
+BACKWARD(gs_instance_norm_backward_f32, float, AS_IS, AS_IS)
+BACKWARD(gs_instance_norm_backward_bf16, uint16_t, bf16_load, bf16_store)
