@@ -240,3 +240,20 @@ def test_the_fused_kernel_is_accurate_when_the_mean_dwarfs_the_spread_and_has_a_
 
     torch.testing.assert_close(penalty_gradient(_channels_last(small), norm).double(),
                                penalty_gradient(small.double(), nn.InstanceNorm2d(4)), rtol=1e-4, atol=1e-5)
+
+
+@needs_fused_norm
+def test_munits_adain_runs_by_the_norm_kernel_the_trainer_sets():
+    from gan_style.engine.kernels import set_norm_kernel
+    from gan_style.nn.munit_networks import AdaptiveInstanceNorm2d
+
+    generator = torch.Generator().manual_seed(3)
+    x = _channels_last(torch.randn(2, 6, 9, 8, generator=generator) + 1).requires_grad_()
+    style = (torch.randn(2, 6, generator=generator), torch.rand(2, 6, generator=generator) + 0.5)
+    adain = AdaptiveInstanceNorm2d(6)
+    expected = adain(x, style)  # PyTorch's batch-norm kernel per sample, the default
+    assert type(expected.grad_fn).__name__ != "_FusedInstanceNormBackward"
+    set_norm_kernel(nn.Sequential(adain), "fused")
+    y = adain(x, style)
+    assert adain.kernel == "fused" and type(y.grad_fn).__name__ == "_FusedInstanceNormBackward"
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-5)

@@ -35,7 +35,8 @@ def instance_mean_std(x: Tensor, eps: float = 1e-5, unbiased: bool = True) -> tu
     return rearrange(mean, "b c -> b c 1 1"), rearrange((var + eps).sqrt(), "b c -> b c 1 1")
 
 
-def adaptive_instance_norm(content: Tensor, style: Tensor | tuple[Tensor, Tensor], eps: float = 1e-5, unbiased: bool = True) -> Tensor:
+def adaptive_instance_norm(content: Tensor, style: Tensor | tuple[Tensor, Tensor], eps: float = 1e-5, unbiased: bool = True,
+                           kernel: str = "batchnorm") -> Tensor:
     """AdaIN (Eq. 8 of Huang and Belongie): normalise each channel of ``content`` (B, C, H, W) to
     zero mean and unit std over its positions, then shift and scale it by the style's.
 
@@ -46,11 +47,12 @@ def adaptive_instance_norm(content: Tensor, style: Tensor | tuple[Tensor, Tensor
     The defaults are the AdaIN reference's ``calc_mean_std`` (unbiased variance, ``eps`` added to
     it), equal to :func:`gan_style.losses.perceptual.channel_mean_std`; with ``eps=0`` the output
     has exactly the style's channel means and stds. ``unbiased=False`` is instance normalisation
-    (MUNIT's ``AdaptiveInstanceNorm2d``).
+    (MUNIT's ``AdaptiveInstanceNorm2d``), run by the channels-last norm ``kernel``
+    (``gan_style.nn.layers.instance_norm``).
     """
     if not unbiased and not isinstance(style, Tensor):  # instance norm with a per-sample affine map
         mean, std = (s.reshape(*s.shape[:2]) for s in style)
-        return instance_norm(content, eps, scale=std, shift=mean)
+        return instance_norm(content, eps, scale=std, shift=mean, kernel=kernel)
     content_mean, content_std = instance_mean_std(content, eps, unbiased)
     if isinstance(style, Tensor):
         style_mean, style_std = instance_mean_std(style, eps, unbiased)

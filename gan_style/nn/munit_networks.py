@@ -97,13 +97,17 @@ class AdaptiveInstanceNorm2d(nn.Module):
     """AdaIN in MUNIT's decoder: instance normalisation (biased variance, eps 1e-5) whose
     per-sample scale and shift are given in the forward. No parameters or buffers."""
 
+    #: how a channels-last input is normalised, set by the trainer from a measurement
+    #: (gan_style.engine.kernels.set_norm_kernel; see gan_style.nn.layers.InstanceNorm2d.kernel)
+    kernel: str = "batchnorm"
+
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
         self.channels, self.eps = channels, eps
 
     def forward(self, x: Tensor, style: tuple[Tensor, Tensor]) -> Tensor:
         """``style`` = (beta, gamma), each (B, C): the shift (target mean) and scale (target std)."""
-        return adaptive_instance_norm(x, style, self.eps, unbiased=False)
+        return adaptive_instance_norm(x, style, self.eps, unbiased=False, kernel=self.kernel)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
