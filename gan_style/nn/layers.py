@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -394,9 +393,9 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
 
 @functools.cache
 def _norm_library() -> ctypes.CDLL | None:
-    from gan_style.nn.native import compile_library
+    from gan_style.nn.native import c_source, compile_library
 
-    library = compile_library("norm_kernels", Path(__file__).with_name("norm_kernels.c").read_text())
+    library = compile_library("norm_kernels", c_source("bf16.h", "norm_kernels.c"))
     if library is not None:
         for suffix in ("f32", "bf16"):
             forward, backward = (getattr(library, f"gs_instance_norm_{kind}_{suffix}") for kind in ("forward", "backward"))

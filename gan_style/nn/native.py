@@ -76,6 +76,13 @@ def _compiler(language: str = "c") -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
+def c_source(*names: str) -> str:
+    """The files ``names`` of this package folder, one after the other: a kernel's source with the
+    headers it shares in front (the build is keyed by the whole text, so a header change rebuilds)."""
+    folder = Path(__file__).parent
+    return "\n".join((folder / name).read_text() for name in names)
+
+
 @functools.cache
 def compile_library(name: str, source: str, language: Literal["c", "c++"] = "c") -> ctypes.CDLL | None:
     """``source`` compiled into a shared library and loaded, or None (logged) where that is not possible.

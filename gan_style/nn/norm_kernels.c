@@ -18,27 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* bf16_load, bf16_store and AS_IS: bf16.h, which the loader puts in front of this file. */
+
 typedef int64_t i64;
 
 #define SUM_BLOCK 128
-
-static inline float bf16_load(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t bf16_store(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a (quiet) NaN */
-        return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
-    return (uint16_t)(u >> 16);
-}
 
 /* The rows [first, last) of one thread for `rows` rows split among `threads`. */
 static inline void row_range(i64 rows, int thread, int threads, i64 *first, i64 *last)
@@ -47,7 +31,31 @@ static inline void row_range(i64 rows, int thread, int threads, i64 *first, i64 
     *last = rows * (thread + 1) / threads;
 }
 
-#define AS_IS(x) (x)
+/* Σ over the team's partial sums of entry `ch` (each thread's `width` sums, one after the other). */
+static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
+{
+    float sum = 0.0f;
+    for (int u = 0; u < team; u++)
+        sum += partial[u * width + ch];
+    return sum;
+}
+
+/* total[0..width) = sums over the rows [first, last) of what the statement(s) after `last` add to
+   block[0..width) for one `row`, block by block of SUM_BLOCK rows. */
+#define BLOCKED_SUMS(total, block, width, first, last, ...)                                                                \
+    for (i64 ch = 0; ch < (width); ch++)                                                                                   \
+        total[ch] = 0.0f;                                                                                                  \
+    for (i64 start = (first); start < (last); start += SUM_BLOCK) {                                                        \
+        const i64 stop = start + SUM_BLOCK < (last) ? start + SUM_BLOCK : (last);                                          \
+        for (i64 ch = 0; ch < (width); ch++)                                                                               \
+            block[ch] = 0.0f;                                                                                              \
+        for (i64 row = start; row < stop; row++) {                                                                         \
+            __VA_ARGS__                                                                                                    \
+        }                                                                                                                  \
+        for (i64 ch = 0; ch < (width); ch++)                                                                               \
+            total[ch] += block[ch];                                                                                        \
+    }
+
 
 /* forward: y, and the per-(sample, channel) mean and rstd kept for the backward. scale and shift
    are (N, C) fp32 or NULL (γ = 1, β = 0). */
@@ -68,52 +76,23 @@ static inline void row_range(i64 rows, int thread, int threads, i64 *first, i64 
                 row_range(hw, t, team, &first, &last);                                                                     \
                 float total[c], block[c];                                                                                  \
                 /* pass 1: the mean */                                                                                     \
-                for (i64 ch = 0; ch < c; ch++)                                                                             \
-                    total[ch] = 0.0f;                                                                                      \
-                for (i64 start = first; start < last; start += SUM_BLOCK) {                                                \
-                    const i64 stop = start + SUM_BLOCK < last ? start + SUM_BLOCK : last;                                  \
-                    for (i64 ch = 0; ch < c; ch++)                                                                         \
-                        block[ch] = 0.0f;                                                                                  \
-                    for (i64 row = start; row < stop; row++)                                                               \
-                        for (i64 ch = 0; ch < c; ch++)                                                                     \
-                            block[ch] += LOAD(xs[row * c + ch]);                                                           \
-                    for (i64 ch = 0; ch < c; ch++)                                                                         \
-                        total[ch] += block[ch];                                                                            \
-                }                                                                                                          \
+                BLOCKED_SUMS(total, block, c, first, last, for (i64 ch = 0; ch < c; ch++) block[ch] += LOAD(xs[row * c + ch]);) \
                 memcpy(partial + t * c, total, sizeof(float) * c);                                                         \
                 _Pragma("omp barrier")                                                                                     \
                 _Pragma("omp single")                                                                                      \
-                for (i64 ch = 0; ch < c; ch++) {                                                                           \
-                    float sum = 0.0f;                                                                                      \
-                    for (int u = 0; u < team; u++)                                                                         \
-                        sum += partial[u * c + ch];                                                                        \
-                    m[ch] = sum / (float)hw;                                                                               \
-                }                                                                                                          \
-                /* pass 2: the centred variance (omp single ends with a barrier) */                                        \
                 for (i64 ch = 0; ch < c; ch++)                                                                             \
-                    total[ch] = 0.0f;                                                                                      \
-                for (i64 start = first; start < last; start += SUM_BLOCK) {                                                \
-                    const i64 stop = start + SUM_BLOCK < last ? start + SUM_BLOCK : last;                                  \
-                    for (i64 ch = 0; ch < c; ch++)                                                                         \
-                        block[ch] = 0.0f;                                                                                  \
-                    for (i64 row = start; row < stop; row++)                                                               \
-                        for (i64 ch = 0; ch < c; ch++) {                                                                   \
-                            const float d = LOAD(xs[row * c + ch]) - m[ch];                                                \
-                            block[ch] += d * d;                                                                            \
-                        }                                                                                                  \
-                    for (i64 ch = 0; ch < c; ch++)                                                                         \
-                        total[ch] += block[ch];                                                                            \
-                }                                                                                                          \
+                    m[ch] = team_sum(partial, team, c, ch) / (float)hw;                                                    \
+                /* pass 2: the centred variance (omp single ends with a barrier) */                                        \
+                BLOCKED_SUMS(total, block, c, first, last, for (i64 ch = 0; ch < c; ch++) {                                \
+                    const float d = LOAD(xs[row * c + ch]) - m[ch];                                                        \
+                    block[ch] += d * d;                                                                                    \
+                })                                                                                                         \
                 _Pragma("omp barrier") /* every thread has read the means' partials */                                    \
                 memcpy(partial + t * c, total, sizeof(float) * c);                                                         \
                 _Pragma("omp barrier")                                                                                     \
                 _Pragma("omp single")                                                                                      \
-                for (i64 ch = 0; ch < c; ch++) {                                                                           \
-                    float sum = 0.0f;                                                                                      \
-                    for (int u = 0; u < team; u++)                                                                         \
-                        sum += partial[u * c + ch];                                                                        \
-                    r[ch] = 1.0f / sqrtf(sum / (float)hw + eps);                                                           \
-                }                                                                                                          \
+                for (i64 ch = 0; ch < c; ch++)                                                                             \
+                    r[ch] = 1.0f / sqrtf(team_sum(partial, team, c, ch) / (float)hw + eps);                                \
                 /* pass 3: y = x̂ γ + β = (x - mean) a + β, a = γ rstd (centred first: no cancellation) */                \
                 float multiplier[c], addend[c];                                                                            \
                 for (i64 ch = 0; ch < c; ch++) {                                                                           \
@@ -146,32 +125,17 @@ static inline void row_range(i64 rows, int thread, int threads, i64 *first, i64 
                 i64 first, last;                                                                                           \
                 row_range(hw, t, team, &first, &last);                                                                     \
                 float total[2 * c], block[2 * c];                                                                          \
-                for (i64 ch = 0; ch < 2 * c; ch++)                                                                         \
-                    total[ch] = 0.0f;                                                                                      \
-                for (i64 start = first; start < last; start += SUM_BLOCK) {                                                \
-                    const i64 stop = start + SUM_BLOCK < last ? start + SUM_BLOCK : last;                                  \
-                    for (i64 ch = 0; ch < 2 * c; ch++)                                                                     \
-                        block[ch] = 0.0f;                                                                                  \
-                    for (i64 row = start; row < stop; row++)                                                               \
-                        for (i64 ch = 0; ch < c; ch++) {                                                                   \
-                            const float g = LOAD(dys[row * c + ch]);                                                       \
-                            block[ch] += g;                                                                                \
-                            block[c + ch] += g * (LOAD(xs[row * c + ch]) - m[ch]);                                         \
-                        }                                                                                                  \
-                    for (i64 ch = 0; ch < 2 * c; ch++)                                                                     \
-                        total[ch] += block[ch];                                                                            \
-                }                                                                                                          \
+                BLOCKED_SUMS(total, block, 2 * c, first, last, for (i64 ch = 0; ch < c; ch++) {                            \
+                    const float g = LOAD(dys[row * c + ch]);                                                               \
+                    block[ch] += g;                                                                                        \
+                    block[c + ch] += g * (LOAD(xs[row * c + ch]) - m[ch]);                                                 \
+                })                                                                                                         \
                 memcpy(partial + t * 2 * c, total, sizeof(float) * 2 * c);                                                 \
                 _Pragma("omp barrier")                                                                                     \
                 _Pragma("omp single")                                                                                      \
                 for (i64 ch = 0; ch < c; ch++) {                                                                           \
-                    float s = 0.0f, sx = 0.0f;                                                                             \
-                    for (int u = 0; u < team; u++) {                                                                       \
-                        s += partial[u * 2 * c + ch];                                                                      \
-                        sx += partial[u * 2 * c + c + ch];                                                                 \
-                    }                                                                                                      \
-                    sd[ch] = s;                                                                                            \
-                    sdx[ch] = sx * r[ch];                                                                                  \
+                    sd[ch] = team_sum(partial, team, 2 * c, ch);                                                           \
+                    sdx[ch] = team_sum(partial, team, 2 * c, c + ch) * r[ch];                                              \
                 }                                                                                                          \
                 if (dx != NULL) {                                                                                          \
                     /* dx = a (dy - mean(dy)) + slope (x - mean), a = γ rstd, slope = -a rstd Σdyx̂ / hw; each  \

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gan_style.nn.layers import is_channels_last
-from gan_style.nn.native import compile_library
+from gan_style.nn.native import c_source, compile_library
 
 #: the named 1-D operators; ``("reflect", before, after)`` is the other kind (:func:`operator_matrix`)
 OPERATORS = ("blur_down", "bilinear_up")
@@ -35,7 +34,7 @@ _DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 @functools.cache
 def _native() -> ctypes.CDLL | None:
-    library = compile_library("resample_kernels", Path(__file__).with_name("resample_kernels.c").read_text())
+    library = compile_library("resample_kernels", c_source("bf16.h", "resample_kernels.c"))
     if library is None:
         return None
     for suffix in _DTYPES.values():

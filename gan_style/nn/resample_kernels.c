@@ -11,25 +11,9 @@
 #include <stdint.h>
 #include <string.h>
 
+/* bf16_load, bf16_store and AS_IS: bf16.h, which the loader puts in front of this file. */
+
 typedef int64_t i64;
-
-static inline float bf16_load(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t bf16_store(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a (quiet) NaN */
-        return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
-    return (uint16_t)(u >> 16);
-}
 
 #define RESAMPLE(NAME, T, LOAD, STORE)                                                                                     \
     void NAME(const T *in, T *out, i64 n, i64 h, i64 w, i64 c, i64 out_h, i64 out_w, const i64 *rn, const i64 *ri,         \
@@ -65,6 +49,5 @@ static inline uint16_t bf16_store(float f)
         }                                                                                                                  \
     }
 
-#define AS_IS(x) (x)
 RESAMPLE(gs_resample_f32, float, AS_IS, AS_IS)
 RESAMPLE(gs_resample_bf16, uint16_t, bf16_load, bf16_store)
