@@ -6,9 +6,13 @@ stride-1 convolutions by Winograd in both. ``--compare narrow``: PyTorch's image
 (a side of at most four channels: the generators' 7x7 entry and exit) against the per-pass choice
 of gan_style.nn.narrow (a GEMM and a tap gather where timed faster). ``--compare pages``: PyTorch's CPU allocator against
 train.reuse_pages (large tensors on the pages of freed ones, gan_style.engine.memory), kernels as
-the trainer chose them.
+the trainer chose them. ``--compare norm``: PyTorch's batch-norm kernel one sample at a time against
+the fused C instance norm (norm kernel "fused"). ``--compare sampling``: CUT's antialiased sampling
+by its pad and depthwise filter (in fp32 for a bf16 input) and PyTorch's reflection-pad backward,
+against gan_style.nn.resample's C passes.
 
     python eval/conv_kernel_ab.py fastcut --size 128 --steps 16 [--set flip_equivariance=false]
+    python eval/conv_kernel_ab.py cut --size 128 --steps 10 --compare sampling --set train.mixed_precision=bf16
     python eval/conv_kernel_ab.py swapae --size 128 --steps 4 --compare weight-gradient --set data.crop_size=128 --set data.load_size=128
     python eval/conv_kernel_ab.py cyclegan --size 128 --steps 16 --compare pages
 
@@ -31,18 +35,24 @@ import torch
 from gan_style.bench import timing_unit
 from gan_style.config import parse_set_arguments
 from gan_style.engine.contract import config_from_overrides
-from gan_style.engine.kernels import set_conv_kernel
+from gan_style.engine.kernels import set_conv_kernel, set_norm_kernel
 from gan_style.engine.memory import PAGE_REUSE_MIN_BYTES, page_reuse_counters, set_page_reuse_min_bytes
 from gan_style.engine.trainer import Trainer
 from gan_style.errors import UserError
 from gan_style.methods import get_method
+from gan_style.nn import antialias, resample
+from gan_style.nn.layers import fused_norm_available
 
 #: per comparison, the two settings as (name, conv kernel, strided weight gradient, image-side
-#: convolutions, large blocks on freed pages); None: as the trainer chose
-SETTINGS = {"winograd": (("direct", "direct", "direct", None, None), ("winograd", "winograd", "direct", None, None)),
-            "weight-gradient": (("direct", "winograd", "direct", None, None), ("measured", "winograd", "measured", None, None)),
-            "narrow": (("direct", "winograd", "measured", "direct", None), ("taps", "winograd", "measured", "measured", None)),
-            "pages": (("pytorch", None, None, None, False), ("reused", None, None, None, True))}
+#: convolutions, large blocks on freed pages, norm kernel, sampling by gan_style.nn.resample);
+#: None: as the trainer chose
+SETTINGS = {"winograd": (("direct", "direct", "direct", None, None, None, None), ("winograd", "winograd", "direct", None, None, None, None)),
+            "weight-gradient": (("direct", "winograd", "direct", None, None, None, None),
+                                ("measured", "winograd", "measured", None, None, None, None)),
+            "narrow": (("direct", "winograd", "measured", "direct", None, None, None), ("taps", "winograd", "measured", "measured", None, None, None)),
+            "pages": (("pytorch", None, None, None, False, None, None), ("reused", None, None, None, True, None, None)),
+            "norm": (("batchnorm", None, None, None, None, "batchnorm", None), ("fused", None, None, None, None, "fused", None)),
+            "sampling": (("filter", None, None, None, None, None, False), ("resample", None, None, None, None, None, True))}
 
 
 def main() -> None:
@@ -55,7 +65,8 @@ def main() -> None:
     parser.add_argument("--compare", choices=tuple(SETTINGS), default="winograd",
                         help="winograd: direct against Winograd convolutions (default); weight-gradient: PyTorch's strided backward "
                              "against the measured choice; narrow: PyTorch's image-side convolutions against the measured choice; "
-                             "pages: PyTorch's CPU allocator against freed pages reused")
+                             "pages: PyTorch's CPU allocator against freed pages reused; norm: the batch-norm against the fused "
+                             "instance norm; sampling: CUT's sampling and reflection pads by PyTorch against the C passes")
     parser.add_argument("--page-min-mb", type=float, default=PAGE_REUSE_MIN_BYTES / 2**20,
                         help="--compare pages: the smallest block served from freed pages, in MB")
     args = parser.parse_args()
@@ -63,7 +74,7 @@ def main() -> None:
     try:
         method_cls = get_method(args.method)
         batch_size = method_cls.bench_batch_size
-        winograd = {} if args.compare == "pages" else {"train.winograd": True}
+        winograd = {} if args.compare in ("pages", "norm", "sampling") else {"train.winograd": True}
         settings = {"train.batch_size": batch_size, **winograd, **parse_set_arguments(args.set)}
         config = config_from_overrides(method_cls, None, settings)
     except UserError as error:  # an unknown method or option: one line, no traceback
@@ -73,14 +84,24 @@ def main() -> None:
     sides = SETTINGS[args.compare]
     if args.compare == "pages" and page_reuse_counters() is None:
         sys.exit("error: --compare pages: the page-reusing allocator is not installed here (train.reuse_pages=false, not Linux, no C++ compiler or GAN_STYLE_NATIVE=0)")
+    if args.compare == "norm" and not fused_norm_available():
+        sys.exit("error: --compare norm: the fused instance norm is not built here (no C compiler or GAN_STYLE_NATIVE=0)")
+    if args.compare == "sampling" and not resample.resample_kernels_available():
+        sys.exit("error: --compare sampling: the resampling kernel is not built here (no C compiler or GAN_STYLE_NATIVE=0)")
+    resample_applies = resample.resample_applies
     seconds: dict[str, list[float]] = {name: [] for name, *_ in sides}
     for pair in range(args.steps + 1):
-        for name, kernel, weight_gradient, narrow, reuse in sides if pair % 2 == 0 else sides[::-1]:
+        for name, kernel, weight_gradient, narrow, reuse, norm, sampling in sides if pair % 2 == 0 else sides[::-1]:
             if kernel is not None:
                 for network in trainer.networks.values():
                     set_conv_kernel(network, kernel, weight_gradient, narrow)
             if reuse is not None:
                 set_page_reuse_min_bytes(int(args.page_min_mb * 2**20) if reuse else None)
+            if norm is not None:
+                for network in trainer.networks.values():
+                    set_norm_kernel(network, norm)
+            if sampling is not None:  # the availability check the modules consult, replaced
+                antialias.resample_applies = resample.resample_applies = resample_applies if sampling else (lambda x: False)
             start = time.perf_counter()
             unit()
             if pair:
