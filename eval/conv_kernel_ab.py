@@ -43,16 +43,20 @@ from gan_style.methods import get_method
 from gan_style.nn import antialias, resample
 from gan_style.nn.layers import fused_norm_available
 
-#: per comparison, the two settings as (name, conv kernel, strided weight gradient, image-side
-#: convolutions, large blocks on freed pages, norm kernel, sampling by gan_style.nn.resample);
-#: None: as the trainer chose
-SETTINGS = {"winograd": (("direct", "direct", "direct", None, None, None, None), ("winograd", "winograd", "direct", None, None, None, None)),
-            "weight-gradient": (("direct", "winograd", "direct", None, None, None, None),
-                                ("measured", "winograd", "measured", None, None, None, None)),
-            "narrow": (("direct", "winograd", "measured", "direct", None, None, None), ("taps", "winograd", "measured", "measured", None, None, None)),
-            "pages": (("pytorch", None, None, None, False, None, None), ("reused", None, None, None, True, None, None)),
-            "norm": (("batchnorm", None, None, None, None, "batchnorm", None), ("fused", None, None, None, None, "fused", None)),
-            "sampling": (("filter", None, None, None, None, None, False), ("resample", None, None, None, None, None, True))}
+#: per comparison, the two sides as (name, settings): "conv" the convolution kernel (with
+#: "weight_gradient" and "narrow", gan_style.engine.kernels.set_conv_kernel), "pages" large blocks on
+#: freed pages, "norm" the norm kernel, "resample" CUT's sampling and the reflection pads by
+#: gan_style.nn.resample; what a side leaves out stays as the trainer chose
+SETTINGS = {
+    "winograd": (("direct", {"conv": "direct", "weight_gradient": "direct"}), ("winograd", {"conv": "winograd", "weight_gradient": "direct"})),
+    "weight-gradient": (("direct", {"conv": "winograd", "weight_gradient": "direct"}),
+                        ("measured", {"conv": "winograd", "weight_gradient": "measured"})),
+    "narrow": (("direct", {"conv": "winograd", "weight_gradient": "measured", "narrow": "direct"}),
+               ("taps", {"conv": "winograd", "weight_gradient": "measured", "narrow": "measured"})),
+    "pages": (("pytorch", {"pages": False}), ("reused", {"pages": True})),
+    "norm": (("batchnorm", {"norm": "batchnorm"}), ("fused", {"norm": "fused"})),
+    "sampling": (("filter", {"resample": False}), ("resample", {"resample": True})),
+}
 
 
 def main() -> None:
@@ -70,6 +74,8 @@ def main() -> None:
     parser.add_argument("--page-min-mb", type=float, default=PAGE_REUSE_MIN_BYTES / 2**20,
                         help="--compare pages: the smallest block served from freed pages, in MB")
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error(f"--steps {args.steps}: give at least 2 (the paired ratios' quartiles need two pairs)")
     torch.set_num_threads(args.threads)
     try:
         method_cls = get_method(args.method)
@@ -89,26 +95,25 @@ def main() -> None:
     if args.compare == "sampling" and not resample.resample_kernels_available():
         sys.exit("error: --compare sampling: the resampling kernel is not built here (no C compiler or GAN_STYLE_NATIVE=0)")
     resample_applies = resample.resample_applies
-    seconds: dict[str, list[float]] = {name: [] for name, *_ in sides}
+    seconds: dict[str, list[float]] = {name: [] for name, _ in sides}
     for pair in range(args.steps + 1):
-        for name, kernel, weight_gradient, narrow, reuse, norm, sampling in sides if pair % 2 == 0 else sides[::-1]:
-            if kernel is not None:
-                for network in trainer.networks.values():
-                    set_conv_kernel(network, kernel, weight_gradient, narrow)
-            if reuse is not None:
-                set_page_reuse_min_bytes(int(args.page_min_mb * 2**20) if reuse else None)
-            if norm is not None:
-                for network in trainer.networks.values():
-                    set_norm_kernel(network, norm)
-            if sampling is not None:  # the availability check the modules consult, replaced
-                antialias.resample_applies = resample.resample_applies = resample_applies if sampling else (lambda x: False)
+        for name, side in sides if pair % 2 == 0 else sides[::-1]:
+            for network in trainer.networks.values():
+                if "conv" in side:
+                    set_conv_kernel(network, side["conv"], side["weight_gradient"], side.get("narrow"))
+                if "norm" in side:
+                    set_norm_kernel(network, side["norm"])
+            if "pages" in side:
+                set_page_reuse_min_bytes(int(args.page_min_mb * 2**20) if side["pages"] else None)
+            if "resample" in side:  # the availability check the modules consult, replaced
+                antialias.resample_applies = resample.resample_applies = resample_applies if side["resample"] else (lambda x: False)
             start = time.perf_counter()
             unit()
             if pair:
                 seconds[name].append(time.perf_counter() - start)
     for name, times in seconds.items():
         print(f"{name:9s} median {statistics.median(times):.3f} s, min {min(times):.3f} s over {len(times)} steps")
-    (base, *_), (new, *_) = sides
+    (base, _), (new, _) = sides
     ratios = [b / a for a, b in zip(seconds[base], seconds[new], strict=True)]
     quartiles = statistics.quantiles(ratios, n=4)
     print(f"{new} / {base}: median of paired step ratios {statistics.median(ratios):.3f} (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})")

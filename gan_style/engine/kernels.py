@@ -59,8 +59,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gan_style.nn.layers import InstanceNorm2d, WinogradCapable, fused_norm_available
-from gan_style.nn.munit_networks import AdaptiveInstanceNorm2d
+from gan_style.nn.layers import MeasuredNorm, WinogradCapable, fused_norm_available
 from gan_style.nn.narrow import narrow_kernels_available
 from gan_style.nn.winograd import fused_winograd_available
 
@@ -332,9 +331,9 @@ def to_channels_last(net: nn.Module) -> None:
 
 
 def set_norm_kernel(network: nn.Module, kernel: str) -> None:
-    """Make every instance norm of ``network`` run as ``kernel`` (see :class:`KernelChoice`)."""
+    """Make every instance norm of ``network`` (AdaIN's too) run as ``kernel`` (see :class:`KernelChoice`)."""
     for module in network.modules():
-        if isinstance(module, (InstanceNorm2d, AdaptiveInstanceNorm2d)):
+        if isinstance(module, MeasuredNorm):
             module.kernel = kernel
 
 

@@ -131,12 +131,17 @@ struct PageReusingAllocator final : c10::Allocator {
     free_blocks.emplace(it->second.size, it->first);
   }
 
-  // The block at p is going away (moved or unmapped): the block after it no longer continues its mapping.
+  // The pages before `end` are going away (moved or unmapped): the block at `end`, if any, no
+  // longer continues a mapping of theirs.
+  void unmapped_before(char* end) {
+    auto next = blocks.find(end);
+    if (next != blocks.end()) next->second.continues = false;
+  }
+
+  // The block at p is going away (moved or unmapped).
   void forget(char* p) {
-    auto it = blocks.find(p);
-    auto next = std::next(it);
-    if (next != blocks.end() && next->first == p + it->second.size) next->second.continues = false;
-    blocks.erase(it);
+    unmapped_before(p + blocks.at(p).size);
+    blocks.erase(p);
   }
 
   // The block at p cut to its first n bytes; the rest becomes a free block of its own.
@@ -171,8 +176,7 @@ struct PageReusingAllocator final : c10::Allocator {
       forget(p);
       return;
     }
-    auto next = blocks.find(p + block.size);  // its mapping's head is unmapped now
-    if (next != blocks.end()) next->second.continues = false;
+    unmapped_before(p + block.size);
     size_t offset = 0, kept = 0;
     for (size_t length : block.segments) {
       if (offset >= keep) break;

@@ -188,7 +188,14 @@ WINOGRAD_MIN_CHANNELS = {3: 128, 4: 64}
 WINOGRAD_MIN_CHANNELS_FUSED = {3: 64, 4: 64, 5: 64}
 
 
-class InstanceNorm2d(nn.InstanceNorm2d):
+class MeasuredNorm:
+    """A normalisation whose channels-last kernel the trainer sets from a measurement
+    (``gan_style.engine.kernels.set_norm_kernel``): :class:`InstanceNorm2d`, MUNIT's AdaIN."""
+
+    kernel: str = "batchnorm"
+
+
+class InstanceNorm2d(MeasuredNorm, nn.InstanceNorm2d):
     """Instance normalisation (per sample and channel: biased variance, eps 1e-5), by default
     without affine parameters or running statistics (no state-dict keys), as CycleGAN and CUT use it.
 
@@ -391,21 +398,23 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         return dx.view(n, dy.shape[2], dy.shape[3], c).permute(0, 3, 1, 2), None, d_scale, d_shift
 
 
+#: the dtypes the C kernels built with ``bf16.h`` store (the norm and resampling kernels), by the
+#: suffix of their functions' names
+C_KERNEL_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
 @functools.cache
 def _norm_library() -> ctypes.CDLL | None:
     from gan_style.nn.native import c_source, compile_library
 
     library = compile_library("norm_kernels", c_source("bf16.h", "norm_kernels.c"))
     if library is not None:
-        for suffix in ("f32", "bf16"):
+        for suffix in C_KERNEL_DTYPES.values():
             forward, backward = (getattr(library, f"gs_instance_norm_{kind}_{suffix}") for kind in ("forward", "backward"))
             forward.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_float]
             backward.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 3
             forward.restype = backward.restype = None
     return library
-
-
-_NORM_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
 @torch.compiler.assume_constant_result  # torch.compile: evaluated once, not traced (it may build the library)
@@ -416,7 +425,7 @@ def fused_norm_available() -> bool:
 
 def fused_norm_applies(x: Tensor) -> bool:
     """Whether ``x`` can be normalised by the C kernel: a channels-last fp32 or bf16 CPU tensor."""
-    return x.device.type == "cpu" and x.dtype in _NORM_DTYPES and is_channels_last(x) and fused_norm_available()
+    return x.device.type == "cpu" and x.dtype in C_KERNEL_DTYPES and is_channels_last(x) and fused_norm_available()
 
 
 def _pointer(t: Tensor | None) -> int | None:
@@ -438,7 +447,7 @@ class _FusedInstanceNorm(torch.autograd.Function):
         y = torch.empty_like(x, memory_format=torch.channels_last)
         mean, rstd = x.new_empty((n, c), dtype=torch.float32), x.new_empty((n, c), dtype=torch.float32)
         gamma, beta = (None if a is None else a.to(torch.float32).expand(n, c).contiguous() for a in (scale, shift))
-        getattr(_norm_library(), f"gs_instance_norm_forward_{_NORM_DTYPES[x.dtype]}")(
+        getattr(_norm_library(), f"gs_instance_norm_forward_{C_KERNEL_DTYPES[x.dtype]}")(
             x.data_ptr(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _pointer(gamma), _pointer(beta), n, h * w, c, eps)
         ctx.save_for_backward(x, mean, rstd, scale, shift)
         ctx.eps = eps
@@ -454,7 +463,7 @@ class _FusedInstanceNorm(torch.autograd.Function):
         dx = torch.empty_like(x, memory_format=torch.channels_last) if ctx.needs_input_grad[0] else None
         sum_dy, sum_dy_xhat = mean.new_empty((n, c)), mean.new_empty((n, c))
         gamma = None if scale is None else scale.to(torch.float32).expand(n, c).contiguous()
-        getattr(_norm_library(), f"gs_instance_norm_backward_{_NORM_DTYPES[x.dtype]}")(
+        getattr(_norm_library(), f"gs_instance_norm_backward_{C_KERNEL_DTYPES[x.dtype]}")(
             dy.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _pointer(gamma), _pointer(dx),
             sum_dy.data_ptr(), sum_dy_xhat.data_ptr(), n, h * w, c)
         d_scale = _sum_to(sum_dy_xhat.view(n, 1, c), scale) if ctx.needs_input_grad[2] else None

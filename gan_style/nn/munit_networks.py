@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gan_style.nn.adain import adaptive_instance_norm
-from gan_style.nn.layers import Conv2d, ReflectionPad2d, ReplicationPad2d, autocast_on, is_channels_last, norm_layer
+from gan_style.nn.layers import Conv2d, MeasuredNorm, ReflectionPad2d, ReplicationPad2d, autocast_on, is_channels_last, norm_layer
 
 __all__ = [
     "AdaptiveInstanceNorm2d",
@@ -93,13 +93,10 @@ class LayerNorm(nn.Module):
         return torch.addcmul(shift.reshape(broadcast).to(dtype), x.to(dtype), scale.reshape(broadcast).to(dtype))
 
 
-class AdaptiveInstanceNorm2d(nn.Module):
+class AdaptiveInstanceNorm2d(MeasuredNorm, nn.Module):
     """AdaIN in MUNIT's decoder: instance normalisation (biased variance, eps 1e-5) whose
-    per-sample scale and shift are given in the forward. No parameters or buffers."""
-
-    #: how a channels-last input is normalised, set by the trainer from a measurement
-    #: (gan_style.engine.kernels.set_norm_kernel; see gan_style.nn.layers.InstanceNorm2d.kernel)
-    kernel: str = "batchnorm"
+    per-sample scale and shift are given in the forward. No parameters or buffers. Its
+    channels-last ``kernel`` is the trainer's measured one (see ``InstanceNorm2d.kernel``)."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()

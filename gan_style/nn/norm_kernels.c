@@ -87,8 +87,7 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
                     const float d = LOAD(xs[row * c + ch]) - m[ch];                                                        \
                     block[ch] += d * d;                                                                                    \
                 })                                                                                                         \
-                _Pragma("omp barrier") /* every thread has read the means' partials */                                    \
-                memcpy(partial + t * c, total, sizeof(float) * c);                                                         \
+                memcpy(partial + t * c, total, sizeof(float) * c); /* the means' partials were read before the barrier */ \
                 _Pragma("omp barrier")                                                                                     \
                 _Pragma("omp single")                                                                                      \
                 for (i64 ch = 0; ch < c; ch++)                                                                             \

@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gan_style.nn.layers import is_channels_last
+from gan_style.nn.layers import C_KERNEL_DTYPES, is_channels_last
 from gan_style.nn.native import c_source, compile_library
 
 #: the named 1-D operators; ``("reflect", before, after)`` is the other kind (:func:`operator_matrix`)
 OPERATORS = ("blur_down", "bilinear_up")
 Operator = str | tuple[str, int, int]
-_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
 @functools.cache
@@ -37,7 +36,7 @@ def _native() -> ctypes.CDLL | None:
     library = compile_library("resample_kernels", c_source("bf16.h", "resample_kernels.c"))
     if library is None:
         return None
-    for suffix in _DTYPES.values():
+    for suffix in C_KERNEL_DTYPES.values():
         kernel = getattr(library, f"gs_resample_{suffix}")
         kernel.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 6 + ([ctypes.c_void_p] * 3 + [ctypes.c_int64]) * 2
         kernel.restype = None
@@ -111,7 +110,7 @@ def _table(operator: Operator, size: int, adjoint: bool) -> tuple[Tensor, Tensor
 
 def resample_applies(x: Tensor) -> bool:
     """Whether :func:`resample` runs ``x`` by the C kernel: a channels-last fp32 or bf16 CPU image."""
-    return (x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 4 and is_channels_last(x)
+    return (x.device.type == "cpu" and x.dtype in C_KERNEL_DTYPES and x.dim() == 4 and is_channels_last(x)
             and resample_kernels_available())
 
 
@@ -157,7 +156,7 @@ class _Resample(torch.autograd.Function):
             raise ValueError(f"resampling by {operators}{' (adjoint)' if adjoint else ''} for {size} expects {rows[4]}x{columns[4]} pixels, got {h}x{w}")
         x = x.contiguous(memory_format=torch.channels_last)
         out = torch.empty((n, c, rows[0].shape[0], columns[0].shape[0]), dtype=x.dtype, memory_format=torch.channels_last)
-        kernel = getattr(_native(), f"gs_resample_{_DTYPES[x.dtype]}")
+        kernel = getattr(_native(), f"gs_resample_{C_KERNEL_DTYPES[x.dtype]}")
         kernel(x.data_ptr(), out.data_ptr(), n, h, w, c, out.shape[2], out.shape[3],
                rows[0].data_ptr(), rows[1].data_ptr(), rows[2].data_ptr(), rows[3],
                columns[0].data_ptr(), columns[1].data_ptr(), columns[2].data_ptr(), columns[3])
