@@ -16,8 +16,9 @@ from gan_style.nn.resample import operator_matrix, resample, resample_applies, r
 pytestmark = pytest.mark.skipif(not resample_kernels_available(), reason="no C compiler here (or GAN_STYLE_NATIVE=0)")
 
 MODULES = {"blur_down": Downsample, "bilinear_up": Upsample}
-# (N, C, H, W): odd and even sides, the smallest a reflection allows, a CUT-sized map
-SHAPES = [(2, 5, 9, 7), (1, 3, 2, 2), (2, 16, 31, 33), (1, 64, 64, 64)]
+# (N, C, H, W): odd and even sides, the smallest a reflection allows, a CUT-sized map; channels
+# below, at and above the kernel's blocks of 16
+SHAPES = [(2, 5, 9, 7), (1, 3, 2, 2), (2, 16, 31, 33), (1, 21, 6, 10), (1, 64, 64, 64)]
 
 
 def _channels_last(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
