@@ -9,7 +9,9 @@ train.reuse_pages (large tensors on the pages of freed ones, gan_style.engine.me
 the trainer chose them. ``--compare norm``: PyTorch's batch-norm kernel one sample at a time against
 the fused C instance norm (norm kernel "fused"). ``--compare sampling``: CUT's antialiased sampling
 by its pad and depthwise filter (in fp32 for a bf16 input) and PyTorch's reflection-pad backward,
-against gan_style.nn.resample's C passes.
+against gan_style.nn.resample's C passes. ``--compare activations``: the ReLU and LeakyReLU after
+each instance norm as separate modules against their fusion into the norm's C passes
+(train.fuse_activations, gan_style.engine.kernels.fuse_norm_activations), the norm fused in both.
 
     python eval/conv_kernel_ab.py fastcut --size 128 --steps 16 [--set flip_equivariance=false]
     python eval/conv_kernel_ab.py cut --size 128 --steps 10 --compare sampling --set train.mixed_precision=bf16
@@ -35,7 +37,7 @@ import torch
 from gan_style.bench import timing_unit
 from gan_style.config import parse_set_arguments
 from gan_style.engine.contract import config_from_overrides
-from gan_style.engine.kernels import set_conv_kernel, set_norm_kernel
+from gan_style.engine.kernels import fuse_norm_activations, set_conv_kernel, set_norm_kernel
 from gan_style.engine.memory import PAGE_REUSE_MIN_BYTES, page_reuse_counters, set_page_reuse_min_bytes
 from gan_style.engine.trainer import Trainer
 from gan_style.errors import UserError
@@ -46,7 +48,8 @@ from gan_style.nn.layers import fused_norm_available
 #: per comparison, the two sides as (name, settings): "conv" the convolution kernel (with
 #: "weight_gradient" and "narrow", gan_style.engine.kernels.set_conv_kernel), "pages" large blocks on
 #: freed pages, "norm" the norm kernel, "resample" CUT's sampling and the reflection pads by
-#: gan_style.nn.resample; what a side leaves out stays as the trainer chose
+#: gan_style.nn.resample, "activations" the norms' activations fused into them; what a side leaves
+#: out stays as the trainer chose
 SETTINGS = {
     "winograd": (("direct", {"conv": "direct", "weight_gradient": "direct"}), ("winograd", {"conv": "winograd", "weight_gradient": "direct"})),
     "weight-gradient": (("direct", {"conv": "winograd", "weight_gradient": "direct"}),
@@ -56,6 +59,7 @@ SETTINGS = {
     "pages": (("pytorch", {"pages": False}), ("reused", {"pages": True})),
     "norm": (("batchnorm", {"norm": "batchnorm"}), ("fused", {"norm": "fused"})),
     "sampling": (("filter", {"resample": False}), ("resample", {"resample": True})),
+    "activations": (("separate", {"norm": "fused", "activations": False}), ("fused", {"norm": "fused", "activations": True})),
 }
 
 
@@ -70,7 +74,8 @@ def main() -> None:
                         help="winograd: direct against Winograd convolutions (default); weight-gradient: PyTorch's strided backward "
                              "against the measured choice; narrow: PyTorch's image-side convolutions against the measured choice; "
                              "pages: PyTorch's CPU allocator against freed pages reused; norm: the batch-norm against the fused "
-                             "instance norm; sampling: CUT's sampling and reflection pads by PyTorch against the C passes")
+                             "instance norm; sampling: CUT's sampling and reflection pads by PyTorch against the C passes; "
+                             "activations: the norms' activations as modules against fused into the norm")
     parser.add_argument("--page-min-mb", type=float, default=PAGE_REUSE_MIN_BYTES / 2**20,
                         help="--compare pages: the smallest block served from freed pages, in MB")
     args = parser.parse_args()
@@ -80,7 +85,7 @@ def main() -> None:
     try:
         method_cls = get_method(args.method)
         batch_size = method_cls.bench_batch_size
-        winograd = {} if args.compare in ("pages", "norm", "sampling") else {"train.winograd": True}
+        winograd = {} if args.compare in ("pages", "norm", "sampling", "activations") else {"train.winograd": True}
         settings = {"train.batch_size": batch_size, **winograd, **parse_set_arguments(args.set)}
         config = config_from_overrides(method_cls, None, settings)
     except UserError as error:  # an unknown method or option: one line, no traceback
@@ -90,8 +95,8 @@ def main() -> None:
     sides = SETTINGS[args.compare]
     if args.compare == "pages" and page_reuse_counters() is None:
         sys.exit("error: --compare pages: the page-reusing allocator is not installed here (train.reuse_pages=false, not Linux, no C++ compiler or GAN_STYLE_NATIVE=0)")
-    if args.compare == "norm" and not fused_norm_available():
-        sys.exit("error: --compare norm: the fused instance norm is not built here (no C compiler or GAN_STYLE_NATIVE=0)")
+    if args.compare in ("norm", "activations") and not fused_norm_available():
+        sys.exit(f"error: --compare {args.compare}: the fused instance norm is not built here (no C compiler or GAN_STYLE_NATIVE=0)")
     if args.compare == "sampling" and not resample.resample_kernels_available():
         sys.exit("error: --compare sampling: the resampling kernel is not built here (no C compiler or GAN_STYLE_NATIVE=0)")
     resample_applies = resample.resample_applies
@@ -103,6 +108,8 @@ def main() -> None:
                     set_conv_kernel(network, side["conv"], side["weight_gradient"], side.get("narrow"))
                 if "norm" in side:
                     set_norm_kernel(network, side["norm"])
+                if "activations" in side:
+                    fuse_norm_activations(network, side["activations"])
             if "pages" in side:
                 set_page_reuse_min_bytes(int(args.page_min_mb * 2**20) if side["pages"] else None)
             if "resample" in side:  # the availability check the modules consult, replaced

@@ -573,10 +573,17 @@ def _conv(module: nn.Conv2d) -> list[Op]:
 POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.PReLU, nn.Hardtanh)
 
 
+def _fused_activation(norm: nn.Module) -> list[Op]:
+    """The activation a norm applies itself (``MeasuredNorm.activation_slope``, set by the trainer)."""
+    slope = getattr(norm, "activation_slope", None)
+    return [] if slope is None else [Pointwise(nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope))]
+
+
 def lower(module: nn.Module, adain: Iterator[tuple[Tensor, Tensor]] | None = None) -> list[Op]:
     """``module``'s forward as operations. ``adain`` yields the (shift, scale) of each AdaIN layer
     met, in forward order (MUNIT's decoder). Raises :class:`Unsupported` for unknown layers."""
     from gan_style.nn import antialias, generators, munit_networks, stylegan2
+    from gan_style.nn.layers import FusedActivation
 
     if isinstance(module, nn.Sequential):  # StyleGAN2's ConvLayer too
         return [op for child in module for op in lower(child, adain)]
@@ -607,7 +614,7 @@ def lower(module: nn.Module, adain: Iterator[tuple[Tensor, Tensor]] | None = Non
         if adain is None:
             raise Unsupported("an AdaIN layer without its style parameters")
         shift, scale = next(adain)
-        return [instance_norm(module.eps, scale, shift, name="AdaIN")]
+        return [instance_norm(module.eps, scale, shift, name="AdaIN"), *_fused_activation(module)]
     if isinstance(module, munit_networks.LayerNorm):
         return [group_norm(1, module.eps, module.gamma, module.beta, unbiased_std=True, eps_on_std=True, name="layer norm")]
     if isinstance(module, (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d)):
@@ -625,7 +632,9 @@ def lower(module: nn.Module, adain: Iterator[tuple[Tensor, Tensor]] | None = Non
     if isinstance(module, nn.InstanceNorm2d):  # our InstanceNorm2d too (group norm with one channel per group)
         if module.track_running_stats and not module.training:
             raise Unsupported("instance norm with running statistics")
-        return [instance_norm(module.eps, module.weight, module.bias)]
+        return [instance_norm(module.eps, module.weight, module.bias), *_fused_activation(module)]
+    if isinstance(module, FusedActivation):  # the norm before it applies it
+        return []
     if isinstance(module, nn.GroupNorm):
         return [group_norm(module.num_groups, module.eps, module.weight, module.bias)]
     if isinstance(module, nn.BatchNorm2d) and not module.training and module.track_running_stats:

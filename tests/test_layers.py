@@ -257,3 +257,103 @@ def test_munits_adain_runs_by_the_norm_kernel_the_trainer_sets():
     y = adain(x, style)
     assert adain.kernel == "fused" and type(y.grad_fn).__name__ == "_FusedInstanceNormBackward"
     torch.testing.assert_close(y, expected, rtol=0, atol=1e-5)
+
+
+@needs_fused_norm
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_kernel_applies_the_activation_after_the_norm(dtype, slope, affine):
+    """instance_norm(..., activation_slope) in the C kernel: (leaky) ReLU of the norm in its output
+    pass, the backward's mask recomputed from the statistics, against float64 by definition."""
+    generator = torch.Generator().manual_seed(1)
+    x = _channels_last(torch.randn(2, 5, 13, 11, generator=generator) * 3 + 2).to(dtype).requires_grad_()
+    dy = _channels_last(torch.randn(2, 5, 13, 11, generator=generator)).to(dtype)
+    scale = torch.rand(2, 5, generator=generator).requires_grad_() if affine else None
+    shift = torch.randn(2, 5, generator=generator).requires_grad_() if affine else None
+    y = instance_norm(x, 1e-5, scale, shift, kernel="fused", activation_slope=slope)
+    assert type(y.grad_fn).__name__ == "_FusedInstanceNormBackward" and y.dtype == dtype
+    leaves = [t for t in (x, scale, shift) if t is not None]
+    grads = torch.autograd.grad(y, leaves, dy)
+    reference_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    reference = torch.nn.functional.leaky_relu(instance_norm(reference_leaves[0].contiguous(), 1e-5, *reference_leaves[1:]), slope)
+    reference_grads = torch.autograd.grad(reference, reference_leaves, dy.double())
+    relative = 1e-6 if dtype == torch.float32 else 2 * 2**-7
+    assert (y.double() - reference).abs().max() <= relative * reference.abs().max()
+    assert (y < 0).any() == (slope > 0)  # the activation ran
+    for grad, expected in zip(grads, reference_grads, strict=True):
+        assert (grad.double() - expected).abs().max() <= relative * expected.abs().max() * 4
+    # the other kernels apply it after the norm: the same function
+    torch.testing.assert_close(instance_norm(x, 1e-5, scale, shift, kernel="batchnorm", activation_slope=slope), y,
+                               rtol=0, atol=1e-5 if dtype == torch.float32 else 0.04)
+
+
+@needs_fused_norm
+def test_the_fused_activation_has_a_double_backward_and_keeps_nan_and_infinity():
+    norm = InstanceNorm2d(4)
+    norm.kernel, norm.activation_slope = "fused", 0.2
+    small = torch.randn(2, 4, 6, 5, generator=torch.Generator().manual_seed(2))
+
+    def penalty_gradient(inputs: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        inputs = inputs.requires_grad_()
+        (grad,) = torch.autograd.grad(module(inputs).pow(3).sum(), inputs, create_graph=True)
+        return torch.autograd.grad(grad.square().sum(), inputs)[0]
+
+    reference = nn.Sequential(nn.InstanceNorm2d(4), nn.LeakyReLU(0.2))
+    torch.testing.assert_close(penalty_gradient(_channels_last(small), norm).double(), penalty_gradient(small.double(), reference),
+                               rtol=1e-4, atol=1e-5)
+    # PyTorch's ReLU maps -inf to 0 and keeps NaN; the kernel's output pass does the same
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, 0, 0, 0] = float("nan")
+    shift = torch.tensor([0.0, float("-inf"), 0.5])
+    y = instance_norm(_channels_last(x), 1e-5, shift=shift, kernel="fused", activation_slope=0.0)
+    assert y[0, 0].isnan().all()  # the whole channel's statistics are NaN
+    assert torch.equal(y[0, 1:], torch.tensor([0.0, 0.5])[:, None, None].expand(2, 2, 2))
+    torch.testing.assert_close(instance_norm(_channels_last(x), 1e-5, shift=shift, activation_slope=0.0), y, equal_nan=True)
+
+
+def _resnet_and_munit(channels_last: bool) -> list[nn.Module]:
+    from gan_style.nn.discriminators import NLayerDiscriminator
+    from gan_style.nn.generators import ResnetGenerator
+    from gan_style.nn.munit_networks import MUNITGenerator, MUNITGeneratorSpec
+
+    torch.manual_seed(0)
+    networks = [ResnetGenerator(ngf=8, n_blocks=2, antialias=True, antialias_up=True), NLayerDiscriminator(ndf=8, n_layers=2),
+                MUNITGenerator(MUNITGeneratorSpec(dim=8, mlp_dim=16, n_res=1))]
+    if channels_last:
+        from gan_style.engine.kernels import to_channels_last
+
+        for net in networks:
+            to_channels_last(net)
+    return networks
+
+
+@needs_fused_norm
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fusing_the_activations_into_the_norms_keeps_the_networks_function(channels_last):
+    """fuse_norm_activations: each ReLU / LeakyReLU right after an instance norm or AdaIN (a
+    Sequential's children, MUNIT's Conv2dBlock) is applied by the norm; the same outputs and
+    gradients, the same parameters and state-dict keys; fused=False puts the modules back."""
+    import copy
+
+    from gan_style.engine.kernels import fuse_norm_activations, set_norm_kernel
+    from gan_style.nn.layers import FusedActivation, MeasuredNorm
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    x = _channels_last(x) if channels_last else x
+    for net, pairs in zip(_resnet_and_munit(channels_last), (7, 2, 5), strict=True):
+        set_norm_kernel(net, "fused")
+        separate = copy.deepcopy(net)
+        assert fuse_norm_activations(net) == pairs and fuse_norm_activations(net) == 0  # once
+        fused_norms = [m for m in net.modules() if isinstance(m, MeasuredNorm) and m.activation_slope is not None]
+        assert len(fused_norms) == pairs == sum(isinstance(m, FusedActivation) for m in net.modules())
+        assert list(net.state_dict()) == list(separate.state_dict())
+        outputs, references = net(x.clone()), separate(x.clone())
+        torch.testing.assert_close(outputs, references, rtol=0, atol=2e-6)
+        grads = torch.autograd.grad(outputs.square().sum(), list(net.parameters()))
+        reference_grads = torch.autograd.grad(references.square().sum(), list(separate.parameters()))
+        for grad, expected in zip(grads, reference_grads, strict=True):
+            torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+        assert fuse_norm_activations(net, fused=False) == pairs
+        assert [type(m) for m in net.modules()] == [type(m) for m in separate.modules()]
+        assert not any(isinstance(m, MeasuredNorm) and m.activation_slope is not None for m in net.modules())

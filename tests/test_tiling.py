@@ -268,3 +268,19 @@ def test_tiny_images_and_tiles_smaller_than_the_network_minimum():
     for size in ((3, 5), (8, 200)):
         x = torch.rand(1, 3, *size) * 2 - 1
         assert (model.translate(x, tile=4) - model.translate(x)).abs().max().item() < 1e-4
+
+
+def test_a_generator_whose_norms_apply_its_activations_tiles_to_the_same_result():
+    """The trainer's networks may have their activations fused into the norms
+    (gan_style.engine.kernels.fuse_norm_activations): the tiler lowers the norm with its activation."""
+    from gan_style.engine.kernels import fuse_norm_activations
+
+    torch.manual_seed(0)
+    net = build_generator(GeneratorSpec("resnet_4blocks", ngf=4, antialias=True, antialias_up=True)).eval()
+    x = torch.rand(1, 3, 76, 108) * 2 - 1
+    with torch.inference_mode():
+        whole = net(x)
+    assert fuse_norm_activations(net) > 0
+    with torch.inference_mode():
+        assert (net(x) - whole).abs().max().item() < 1e-5
+    assert (tiling.run_exact(net, x, 24) - whole).abs().max().item() < 1e-5

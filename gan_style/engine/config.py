@@ -81,6 +81,11 @@ class TrainConfig:
     # tensors' (the Swapping Autoencoder: 0.70-0.84 of the time, 0.93 of the peak; docs/speed.md,
     # session l). false: PyTorch's allocator as it is.
     reuse_pages: bool = True
+    # Where the instance norm runs by the fused C kernel (channels-last CPU steps): a ReLU or
+    # LeakyReLU right after an instance norm or AdaIN is applied in the norm's own passes
+    # (gan_style.engine.kernels.fuse_norm_activations), the same function with one pass over the
+    # map less each way. false: the activations as separate modules.
+    fuse_activations: bool = True
     # Cadence, in iterations (the reference's print_freq, display_freq, save_latest_freq).
     log_every: int = 100
     image_every: int = 400

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gan_style.nn.layers import MeasuredNorm, WinogradCapable, fused_norm_available
+from gan_style.nn.layers import FusedActivation, MeasuredNorm, WinogradCapable, activation_slope, fused_norm_available
 from gan_style.nn.narrow import narrow_kernels_available
 from gan_style.nn.winograd import fused_winograd_available
 
@@ -335,6 +335,34 @@ def set_norm_kernel(network: nn.Module, kernel: str) -> None:
     for module in network.modules():
         if isinstance(module, MeasuredNorm):
             module.kernel = kernel
+
+
+def fuse_norm_activations(network: nn.Module, fused: bool = True) -> int:
+    """Let each instance norm of ``network`` (AdaIN's too) that a ReLU or LeakyReLU directly
+    follows apply that activation itself (:attr:`~gan_style.nn.layers.MeasuredNorm.activation_slope`;
+    the fused C kernel then saves a pass over the map forward and one backward, and the activation's
+    saved output), the activation's place kept by a :class:`~gan_style.nn.layers.FusedActivation`;
+    ``fused=False`` puts the activations back. The same function either way: the reference's
+    activations are in place, so even the norm's own output ends activated. Pairs are consecutive
+    children of a Sequential and those a module names in ``NORM_THEN_ACTIVATION`` (MUNIT's
+    Conv2dBlock). Returns how many pairs changed."""
+    changed = 0
+    for module in list(network.modules()):
+        names = list(module._modules) if isinstance(module, nn.Sequential) else []
+        for norm_name, activation_name in [*zip(names, names[1:]), *getattr(module, "NORM_THEN_ACTIVATION", ())]:
+            norm, activation = getattr(module, norm_name), getattr(module, activation_name)
+            if not isinstance(norm, MeasuredNorm):
+                continue
+            slope = activation_slope(activation)
+            if fused and slope is not None and norm.activation_slope is None:
+                norm.activation_slope = slope
+                setattr(module, activation_name, FusedActivation(slope))
+                changed += 1
+            elif not fused and isinstance(activation, FusedActivation) and norm.activation_slope == activation.slope:
+                norm.activation_slope = None
+                setattr(module, activation_name, activation.activation())
+                changed += 1
+    return changed
 
 
 def set_conv_kernel(network: nn.Module, kernel: str, weight_gradient: str | None = None, narrow: str | None = None) -> None:

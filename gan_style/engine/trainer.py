@@ -54,6 +54,7 @@ from gan_style.engine.kernels import (
     PrecisionChoice,
     choose_kernels,
     choose_precision,
+    fuse_norm_activations,
     set_conv_kernel,
     set_norm_kernel,
     to_channels_last,
@@ -154,6 +155,8 @@ class Trainer:
             if self.channels_last:
                 to_channels_last(net)
             set_norm_kernel(net, self.kernels.norm_kernel)
+            if self.config.fuse_activations and self.kernels.norm_kernel == "fused":
+                fuse_norm_activations(net)
             set_conv_kernel(net, self.kernels.conv_kernel, self.kernels.weight_gradient, self.kernels.narrow)
             self._raw[name] = net
         self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}

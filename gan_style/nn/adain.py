@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from gan_style.nn.layers import instance_norm
+from gan_style.nn.layers import activate, instance_norm
 
 __all__ = ["adaptive_instance_norm", "instance_mean_std"]
 
@@ -36,7 +36,7 @@ def instance_mean_std(x: Tensor, eps: float = 1e-5, unbiased: bool = True) -> tu
 
 
 def adaptive_instance_norm(content: Tensor, style: Tensor | tuple[Tensor, Tensor], eps: float = 1e-5, unbiased: bool = True,
-                           kernel: str = "batchnorm") -> Tensor:
+                           kernel: str = "batchnorm", activation_slope: float | None = None) -> Tensor:
     """AdaIN (Eq. 8 of Huang and Belongie): normalise each channel of ``content`` (B, C, H, W) to
     zero mean and unit std over its positions, then shift and scale it by the style's.
 
@@ -48,11 +48,14 @@ def adaptive_instance_norm(content: Tensor, style: Tensor | tuple[Tensor, Tensor
     it), equal to :func:`gan_style.losses.perceptual.channel_mean_std`; with ``eps=0`` the output
     has exactly the style's channel means and stds. ``unbiased=False`` is instance normalisation
     (MUNIT's ``AdaptiveInstanceNorm2d``), run by the channels-last norm ``kernel``
-    (``gan_style.nn.layers.instance_norm``).
+    (``gan_style.nn.layers.instance_norm``), which also applies a (leaky) ReLU of negative slope
+    ``activation_slope`` after it where given (MUNIT's decoder: AdaIN then ReLU).
     """
     if not unbiased and not isinstance(style, Tensor):  # instance norm with a per-sample affine map
         mean, std = (s.reshape(*s.shape[:2]) for s in style)
-        return instance_norm(content, eps, scale=std, shift=mean, kernel=kernel)
+        return instance_norm(content, eps, scale=std, shift=mean, kernel=kernel, activation_slope=activation_slope)
+    if activation_slope is not None:
+        return activate(adaptive_instance_norm(content, style, eps, unbiased), activation_slope)
     content_mean, content_std = instance_mean_std(content, eps, unbiased)
     if isinstance(style, Tensor):
         style_mean, style_std = instance_mean_std(style, eps, unbiased)

@@ -190,9 +190,53 @@ WINOGRAD_MIN_CHANNELS_FUSED = {3: 64, 4: 64, 5: 64}
 
 class MeasuredNorm:
     """A normalisation whose channels-last kernel the trainer sets from a measurement
-    (``gan_style.engine.kernels.set_norm_kernel``): :class:`InstanceNorm2d`, MUNIT's AdaIN."""
+    (``gan_style.engine.kernels.set_norm_kernel``): :class:`InstanceNorm2d`, MUNIT's AdaIN.
+
+    ``activation_slope``: the (leaky) ReLU that follows it, applied by the norm itself (0.0: ReLU;
+    None: none), set where ``gan_style.engine.kernels.fuse_norm_activations`` found the norm
+    followed by that activation, which then became a :class:`FusedActivation`. The fused C kernel
+    applies it in its output pass and its backward recomputes the mask from the statistics (no
+    separate pass over the map and no saved output); other kernels apply it after the norm."""
 
     kernel: str = "batchnorm"
+    activation_slope: float | None = None
+
+
+class FusedActivation(nn.Module):
+    """The place of a ReLU or LeakyReLU that the norm before it applies
+    (:attr:`MeasuredNorm.activation_slope`): it passes its input on, which is already activated
+    (the reference's in-place activation leaves the norm's output activated too)."""
+
+    def __init__(self, slope: float):
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def activation(self) -> nn.Module:
+        """The activation module it stands for."""
+        return nn.ReLU(inplace=True) if self.slope == 0.0 else nn.LeakyReLU(self.slope, inplace=True)
+
+    def extra_repr(self) -> str:
+        return f"{self.activation()!r}, applied by the norm before it"
+
+
+def activation_slope(module: nn.Module) -> float | None:
+    """The negative slope of ``module`` if it is a ReLU (0.0) or a LeakyReLU, else None."""
+    if type(module) is nn.ReLU:
+        return 0.0
+    if type(module) is nn.LeakyReLU:
+        return float(module.negative_slope)
+    return None
+
+
+def activate(y: Tensor, slope: float | None) -> Tensor:
+    """``y`` through the (leaky) ReLU of negative ``slope`` (None: as is), in place as the
+    reference's activations (``y`` is a norm's fresh output)."""
+    if slope is None:
+        return y
+    return F.relu_(y) if slope == 0.0 else F.leaky_relu_(y, slope)
 
 
 class InstanceNorm2d(MeasuredNorm, nn.InstanceNorm2d):
@@ -216,6 +260,12 @@ class InstanceNorm2d(MeasuredNorm, nn.InstanceNorm2d):
     kernel: str = "float32"
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and is_channels_last(x) and not self.track_running_stats and self.kernel not in ("contiguous", "native"):
+            return instance_norm(x, self.eps, self.weight, self.bias, self.kernel, self.activation_slope)
+        return activate(self.normalise(x), self.activation_slope)
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """The normalisation alone (no activation)."""
         channels_last = x.dim() == 4 and is_channels_last(x)
         if self.track_running_stats or x.dim() != 4:
             # PyTorch's CPU instance norm: a wrong gradient for one sample whose gradient is channels-last
@@ -246,27 +296,27 @@ class _ContiguousGradient(torch.autograd.Function):
 
 
 def instance_norm(x: Tensor, eps: float = 1e-5, scale: Tensor | None = None, shift: Tensor | None = None,
-                  kernel: str = "batchnorm") -> Tensor:
+                  kernel: str = "batchnorm", activation_slope: float | None = None) -> Tensor:
     """Instance normalisation of ``x`` (N, C, H, W): per sample and channel, (x - mean) /
     sqrt(var + eps) with the biased variance; then ``* scale + shift`` when given, each (N, C) or
     (C,) (MUNIT's AdaIN: per-sample, from the style). Channels-last tensors are normalised in
     their layout, by ``_per_sample_batch_norm`` or (``kernel="reductions"``)
-    ``_ChannelsLastInstanceNorm``; NCHW ones by PyTorch's group-norm kernel."""
+    ``_ChannelsLastInstanceNorm``; NCHW ones by PyTorch's group-norm kernel. ``activation_slope``:
+    a (leaky) ReLU after it (:class:`MeasuredNorm`), in the fused kernel's passes where it runs."""
     if is_channels_last(x):
         if x.dtype == torch.float16:  # its squares and scaled gradients overflow: normalise in fp32
-            return instance_norm(x.float(), eps, scale, shift, kernel).half()
+            return activate(instance_norm(x.float(), eps, scale, shift, kernel).half(), activation_slope)
         if kernel == "fused" and fused_norm_applies(x):
-            norm = _FusedInstanceNorm.apply
-        else:
-            norm = _ChannelsLastInstanceNorm.apply if kernel == "reductions" else _per_sample_batch_norm
-        return _with_autocast_off(norm, x, eps, scale, shift)
+            return _with_autocast_off(_FusedInstanceNorm.apply, x, eps, scale, shift, activation_slope)
+        norm = _ChannelsLastInstanceNorm.apply if kernel == "reductions" else _per_sample_batch_norm
+        return activate(_with_autocast_off(norm, x, eps, scale, shift), activation_slope)
     y = F.group_norm(x, x.shape[1], eps=eps)
-    if scale is None and shift is None:
-        return y
-    n, c = x.shape[:2]
-    scale = torch.ones((), dtype=y.dtype, device=y.device) if scale is None else scale.expand(n, c).reshape(n, c, 1, 1)
-    shift = torch.zeros((), dtype=y.dtype, device=y.device) if shift is None else shift.expand(n, c).reshape(n, c, 1, 1)
-    return torch.addcmul(shift, y, scale)
+    if scale is not None or shift is not None:
+        n, c = x.shape[:2]
+        scale = torch.ones((), dtype=y.dtype, device=y.device) if scale is None else scale.expand(n, c).reshape(n, c, 1, 1)
+        shift = torch.zeros((), dtype=y.dtype, device=y.device) if shift is None else shift.expand(n, c).reshape(n, c, 1, 1)
+        y = torch.addcmul(shift, y, scale)
+    return activate(y, activation_slope)
 
 
 def _with_autocast_off(norm: Callable[..., Tensor], x: Tensor, *args: Any) -> Tensor:
@@ -411,8 +461,8 @@ def _norm_library() -> ctypes.CDLL | None:
     if library is not None:
         for suffix in C_KERNEL_DTYPES.values():
             forward, backward = (getattr(library, f"gs_instance_norm_{kind}_{suffix}") for kind in ("forward", "backward"))
-            forward.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_float]
-            backward.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 3
+            forward.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_float, ctypes.c_int, ctypes.c_float]
+            backward.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_float]
             forward.restype = backward.restype = None
     return library
 
@@ -439,44 +489,56 @@ class _FusedInstanceNorm(torch.autograd.Function):
     ``_ChannelsLastInstanceNorm`` and PyTorch's; without the per-sample batch-norm calls and
     their concatenation: forward and backward 1.3-2.2x faster than the batch-norm kernel per map
     (fp32 and bf16, 2 threads of an AMX Xeon), 0.95-0.97 of a CycleGAN or CUT step's time
-    (docs/speed.md, session n). Its double backward goes through autograd (R1)."""
+    (docs/speed.md, session n). With ``activation_slope`` (not None) it is the norm followed by
+    that (leaky) ReLU, applied in the output pass; the backward recomputes the norm's output from
+    x and the statistics for the activation's mask. Its double backward goes through autograd (R1)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, eps: float, scale: Tensor | None, shift: Tensor | None) -> Tensor:
+    def forward(ctx, x: Tensor, eps: float, scale: Tensor | None, shift: Tensor | None, activation_slope: float | None = None) -> Tensor:
         n, c, h, w = x.shape
         y = torch.empty_like(x, memory_format=torch.channels_last)
         mean, rstd = x.new_empty((n, c), dtype=torch.float32), x.new_empty((n, c), dtype=torch.float32)
-        gamma, beta = (None if a is None else a.to(torch.float32).expand(n, c).contiguous() for a in (scale, shift))
+        gamma, beta = (_per_sample_fp32(a, n, c) for a in (scale, shift))
         getattr(_norm_library(), f"gs_instance_norm_forward_{C_KERNEL_DTYPES[x.dtype]}")(
-            x.data_ptr(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _pointer(gamma), _pointer(beta), n, h * w, c, eps)
+            x.data_ptr(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _pointer(gamma), _pointer(beta), n, h * w, c, eps,
+            activation_slope is not None, activation_slope or 0.0)
         ctx.save_for_backward(x, mean, rstd, scale, shift)
-        ctx.eps = eps
+        ctx.eps, ctx.activation_slope = eps, activation_slope
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:
+    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None, None]:
         x, mean, rstd, scale, shift = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: this backward will be differentiated (R1, WGAN-GP)
-            return _differentiable_backward(ctx, dy, x, scale, shift)
+            return (*_differentiable_backward(ctx, dy, x, scale, shift), None)
         n, c, h, w = x.shape
         dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(x, memory_format=torch.channels_last) if ctx.needs_input_grad[0] else None
         sum_dy, sum_dy_xhat = mean.new_empty((n, c)), mean.new_empty((n, c))
-        gamma = None if scale is None else scale.to(torch.float32).expand(n, c).contiguous()
+        slope = ctx.activation_slope
+        # the shift only places the activation's kink
+        gamma, beta = _per_sample_fp32(scale, n, c), None if slope is None else _per_sample_fp32(shift, n, c)
         getattr(_norm_library(), f"gs_instance_norm_backward_{C_KERNEL_DTYPES[x.dtype]}")(
-            dy.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _pointer(gamma), _pointer(dx),
-            sum_dy.data_ptr(), sum_dy_xhat.data_ptr(), n, h * w, c)
+            dy.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _pointer(gamma), _pointer(beta), _pointer(dx),
+            sum_dy.data_ptr(), sum_dy_xhat.data_ptr(), n, h * w, c, slope is not None, slope or 0.0)
         d_scale = _sum_to(sum_dy_xhat.view(n, 1, c), scale) if ctx.needs_input_grad[2] else None
         d_shift = _sum_to(sum_dy.view(n, 1, c), shift) if ctx.needs_input_grad[3] else None
-        return dx, None, d_scale, d_shift
+        return dx, None, d_scale, d_shift, None
+
+
+def _per_sample_fp32(affine: Tensor | None, n: int, c: int) -> Tensor | None:
+    """A (C,) or (N, C) scale or shift as a contiguous (N, C) fp32 tensor, for the C kernel."""
+    return None if affine is None else affine.to(torch.float32).expand(n, c).contiguous()
 
 
 def _differentiable_backward(ctx, dy: Tensor, x: Tensor, scale: Tensor | None, shift: Tensor | None) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:
     """The gradients as a graph of x, the affine map and dy (for a double backward): by autograd
-    through PyTorch's NCHW group norm, the same function."""
-    wanted = [t is not None and needed for t, needed in zip((x, scale, shift), (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]))]
+    through PyTorch's NCHW group norm and activation, the same function."""
+    wanted = [t is not None and needed for t, needed in zip((x, scale, shift), (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:4]))]
     with torch.enable_grad():
         y = instance_norm(x.contiguous(), ctx.eps, scale, shift)
+        slope = getattr(ctx, "activation_slope", None)
+        y = y if slope is None else F.leaky_relu(y, slope)
         grads = iter(torch.autograd.grad(y, [t for t, w in zip((x, scale, shift), wanted) if w], dy, create_graph=True))
     dx, d_scale, d_shift = (next(grads) if w else None for w in wanted)
     return dx, None, d_scale, d_shift

@@ -104,7 +104,7 @@ class AdaptiveInstanceNorm2d(MeasuredNorm, nn.Module):
 
     def forward(self, x: Tensor, style: tuple[Tensor, Tensor]) -> Tensor:
         """``style`` = (beta, gamma), each (B, C): the shift (target mean) and scale (target std)."""
-        return adaptive_instance_norm(x, style, self.eps, unbiased=False, kernel=self.kernel)
+        return adaptive_instance_norm(x, style, self.eps, unbiased=False, kernel=self.kernel, activation_slope=self.activation_slope)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -122,6 +122,10 @@ class Conv2dBlock(nn.Module):
     """Explicit padding, a biased conv, a norm, an activation (the reference's building block).
     The norm is registered before the conv so that state dicts list the keys in the reference's
     order. With ``norm="adain"`` the forward takes the AdaIN (beta, gamma)."""
+
+    #: the activation takes the norm's output and nothing else takes it: the trainer may let the
+    #: norm apply it (gan_style.engine.kernels.fuse_norm_activations)
+    NORM_THEN_ACTIVATION = (("norm", "activation"),)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, norm: str = "none", activation: str = "relu", pad_type: str = "reflect"):
         super().__init__()

@@ -7,6 +7,11 @@
        x̂ = (x - mean) rstd,   rstd = 1 / sqrt(var + eps),   y = γ x̂ + β                  (forward)
        dx = γ rstd (dy - mean(dy) - x̂ mean(dy x̂)),   dγ = Σ dy x̂,   dβ = Σ dy          (backward)
 
+   An activation may follow (norm kernel "fused" with MeasuredNorm.activation_slope): a (leaky) ReLU
+   of negative slope `slope` (0: ReLU) applied to y in the same pass, z = y > 0 ? y : slope y, and
+   in the backward dy replaced by dz (y > 0 ? 1 : slope), y recomputed from x and the statistics
+   (no saved output, no separate pass over memory).
+
    The variance is the centred (two-pass) one: E[x²] - E[x]² cancels when |mean| >> std. Sums run
    over blocks of SUM_BLOCK rows, whose partial sums are added up at the end, so that the rounding
    of a sum grows with HW / SUM_BLOCK + SUM_BLOCK, not with HW. The threads split a sample's rows;
@@ -23,6 +28,18 @@
 typedef int64_t i64;
 
 #define SUM_BLOCK 128
+
+/* a (leaky) ReLU of negative slope `slope` and the factor its derivative puts on a gradient at y;
+   NaN passes through, and ReLU maps -inf to 0 as PyTorch's does */
+static inline float activate(float y, float slope)
+{
+    return y > 0.0f || y != y ? y : slope == 0.0f ? 0.0f : y * slope;
+}
+
+static inline float activation_gradient(float y, float g, float slope)
+{
+    return y > 0.0f ? g : slope == 0.0f ? 0.0f : g * slope;
+}
 
 /* The rows [first, last) of one thread for `rows` rows split among `threads`. */
 static inline void row_range(i64 rows, int thread, int threads, i64 *first, i64 *last)
@@ -61,7 +78,7 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
    are (N, C) fp32 or NULL (γ = 1, β = 0). */
 #define FORWARD(NAME, T, LOAD, STORE)                                                                                      \
     void NAME(const T *x, T *y, float *mean, float *rstd, const float *scale, const float *shift, i64 n, i64 hw, i64 c,   \
-              float eps)                                                                                                   \
+              float eps, int activation, float slope)                                                                      \
     {                                                                                                                      \
         const int threads = omp_get_max_threads();                                                                         \
         float *partial = malloc(sizeof(float) * threads * c);                                                             \
@@ -99,18 +116,29 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
                     addend[ch] = shift ? shift[b * c + ch] : 0.0f;                                                         \
                 }                                                                                                          \
                 for (i64 row = first; row < last; row++)                                                                   \
-                    for (i64 ch = 0; ch < c; ch++)                                                                         \
-                        ys[row * c + ch] = STORE((LOAD(xs[row * c + ch]) - m[ch]) * multiplier[ch] + addend[ch]);          \
+                    if (activation)                                                                                        \
+                        for (i64 ch = 0; ch < c; ch++)                                                                     \
+                            ys[row * c + ch] = STORE(activate((LOAD(xs[row * c + ch]) - m[ch]) * multiplier[ch] + addend[ch], slope)); \
+                    else                                                                                                   \
+                        for (i64 ch = 0; ch < c; ch++)                                                                     \
+                            ys[row * c + ch] = STORE((LOAD(xs[row * c + ch]) - m[ch]) * multiplier[ch] + addend[ch]);      \
             }                                                                                                              \
         }                                                                                                                  \
         free(partial);                                                                                                     \
     }
 
 /* backward: dx (may be NULL: only the affine map's gradients), and per (sample, channel) Σ dy
-   and Σ dy x̂ (dβ and dγ before summing over samples). */
+   and Σ dy x̂ (dβ and dγ before summing over samples); with an activation, dy is the activation's
+   output gradient and what is summed is the norm's (GRADIENT). */
+/* the norm's output gradient at (row, ch) of the sample: dy, or through the activation at the
+   recomputed y = (x - mean) a + β */
+#define GRADIENT(LOAD, row, ch)                                                                                                  \
+    (activation ? activation_gradient((LOAD(xs[(row) * c + (ch)]) - m[ch]) * a[ch] + addend[ch], LOAD(dys[(row) * c + (ch)]), slope) \
+                : LOAD(dys[(row) * c + (ch)]))
+
 #define BACKWARD(NAME, T, LOAD, STORE)                                                                                     \
-    void NAME(const T *dy, const T *x, const float *mean, const float *rstd, const float *scale, T *dx, float *sum_dy,     \
-              float *sum_dy_xhat, i64 n, i64 hw, i64 c)                                                                    \
+    void NAME(const T *dy, const T *x, const float *mean, const float *rstd, const float *scale, const float *shift,      \
+              T *dx, float *sum_dy, float *sum_dy_xhat, i64 n, i64 hw, i64 c, int activation, float slope)                 \
     {                                                                                                                      \
         const int threads = omp_get_max_threads();                                                                         \
         float *partial = malloc(sizeof(float) * threads * 2 * c);                                                         \
@@ -123,9 +151,13 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
                 const int t = omp_get_thread_num(), team = omp_get_num_threads();                                          \
                 i64 first, last;                                                                                           \
                 row_range(hw, t, team, &first, &last);                                                                     \
-                float total[2 * c], block[2 * c];                                                                          \
+                float total[2 * c], block[2 * c], a[c], addend[c];                                                         \
+                for (i64 ch = 0; ch < c; ch++) {                                                                           \
+                    a[ch] = r[ch] * (scale ? scale[b * c + ch] : 1.0f);                                                    \
+                    addend[ch] = shift ? shift[b * c + ch] : 0.0f;                                                         \
+                }                                                                                                          \
                 BLOCKED_SUMS(total, block, 2 * c, first, last, for (i64 ch = 0; ch < c; ch++) {                            \
-                    const float g = LOAD(dys[row * c + ch]);                                                               \
+                    const float g = GRADIENT(LOAD, row, ch);                                                                     \
                     block[ch] += g;                                                                                        \
                     block[c + ch] += g * (LOAD(xs[row * c + ch]) - m[ch]);                                                 \
                 })                                                                                                         \
@@ -137,19 +169,18 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
                     sdx[ch] = team_sum(partial, team, 2 * c, c + ch) * r[ch];                                              \
                 }                                                                                                          \
                 if (dx != NULL) {                                                                                          \
-                    /* dx = a (dy - mean(dy)) + slope (x - mean), a = γ rstd, slope = -a rstd Σdyx̂ / hw; each  \
+                    /* dx = a (dy - mean(dy)) + tilt (x - mean), a = γ rstd, tilt = -a rstd Σdyx̂ / hw; each    \
                        term centred first: a gradient's common mode and an input's mean cancel exactly */                 \
                     T *dxs = dx + b * hw * c;                                                                              \
-                    float a[c], slope[c], mean_dy[c];                                                                      \
+                    float tilt[c], mean_dy[c];                                                                             \
                     for (i64 ch = 0; ch < c; ch++) {                                                                       \
-                        a[ch] = r[ch] * (scale ? scale[b * c + ch] : 1.0f);                                                \
-                        slope[ch] = -a[ch] * r[ch] * sdx[ch] / (float)hw;                                                  \
+                        tilt[ch] = -a[ch] * r[ch] * sdx[ch] / (float)hw;                                                   \
                         mean_dy[ch] = sd[ch] / (float)hw;                                                                  \
                     }                                                                                                      \
                     for (i64 row = first; row < last; row++)                                                               \
                         for (i64 ch = 0; ch < c; ch++)                                                                     \
-                            dxs[row * c + ch] = STORE(a[ch] * (LOAD(dys[row * c + ch]) - mean_dy[ch])                      \
-                                                      + slope[ch] * (LOAD(xs[row * c + ch]) - m[ch]));                     \
+                            dxs[row * c + ch] = STORE(a[ch] * (GRADIENT(LOAD, row, ch) - mean_dy[ch])                            \
+                                                      + tilt[ch] * (LOAD(xs[row * c + ch]) - m[ch]));                      \
                 }                                                                                                          \
             }                                                                                                              \
         }                                                                                                                  \
