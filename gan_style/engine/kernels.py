@@ -187,9 +187,9 @@ def _conv_probe(device: torch.device, channels_last: bool, norm_kernel: str, con
                           channels_last, norm_kernel, conv_kernel)
 
 
-def _median_ms(probes: dict[str, Callable[[], None]], device: torch.device, rounds: int = 7) -> dict[str, float]:
-    """Each probe's median time, warmed up, timed round robin (so that a slow spell of the machine
-    does not fall on one candidate)."""
+def _median_ms(probes: dict[str, Callable[[], None]], device: torch.device, rounds: int = 7, best: bool = False) -> dict[str, float]:
+    """Each probe's median time (``best``: its fastest), warmed up, timed round robin (so that a
+    slow spell of the machine does not fall on one candidate)."""
     for probe in probes.values():
         probe()  # warm-up: first-call allocations and kernel selection
     seconds: dict[str, list[float]] = {name: [] for name in probes}
@@ -202,7 +202,7 @@ def _median_ms(probes: dict[str, Callable[[], None]], device: torch.device, roun
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] * 1000 for name, t in seconds.items()}
+    return {name: (min(t) if best else sorted(t)[len(t) // 2]) * 1000 for name, t in seconds.items()}
 
 
 def _probe_shape(device: torch.device, family: str) -> tuple[int, int, int, int]:
@@ -288,6 +288,14 @@ class PrecisionChoice:
         return self.mixed_precision != self.requested
 
 
+def cpu_has_bf16_units(device: torch.device) -> bool:
+    """Whether ``device`` is a CPU with bf16 arithmetic units (AMX tiles or AVX512-BF16, as PyTorch
+    detects them), where bf16 is not emulated."""
+    if device.type != "cpu":
+        return False
+    return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
 def choose_precision(device: torch.device | str, requested: str, channels_last: bool | None = None, family: str = "resnet",
                      winograd: bool | None = None) -> PrecisionChoice:
     """``requested`` ("bf16", "fp16"), or "no" (fp32) when the kernel probe's training pass of
@@ -296,16 +304,21 @@ def choose_precision(device: torch.device | str, requested: str, channels_last: 
     slower than in the fastest fp32 ones, Winograd convolutions included where fp32 would run them. Without bf16 units (an AVX2-only CPU) PyTorch emulates
     bf16 arithmetic: its convolutions are several times slower than fp32 ones (9-11x on a 2-core
     AMD EPYC with oneDNN held to AVX2), so a first round of one layout settles that case before
-    the other candidates take a minute to time."""
+    the other candidates take a minute to time. A CPU with bf16 units (:func:`cpu_has_bf16_units`)
+    skips that round: there a bf16 pass measured 1.5x slower means a busy machine, not emulation
+    (an AMX Xeon timed 2192 against 959 ms while a test suite ran beside it, and fell back; docs/speed.md,
+    session n), so the full timings, seven rounds round robin, decide."""
     if requested not in STEP_DTYPES:
         return PrecisionChoice(requested, requested)
     device, dtype = torch.device(device), STEP_DTYPES[requested]
     layout = True if channels_last is None else channels_last
     norm_kernel = "batchnorm" if layout and device.type == "cpu" else "native"
-    screen = _median_ms({name: _probe(device, probe_dtype, layout, norm_kernel, family)
-                         for name, probe_dtype in ((requested, dtype), ("fp32", torch.float32))}, device, rounds=2)
-    if screen[requested] > 1.5 * screen["fp32"]:
-        return PrecisionChoice("no", requested, {k: round(v, 2) for k, v in screen.items()})
+    if not (dtype == torch.bfloat16 and cpu_has_bf16_units(device)):
+        # the fastest of three rounds each: a slow spell of the machine does not make a fall-back
+        screen = _median_ms({name: _probe(device, probe_dtype, layout, norm_kernel, family)
+                             for name, probe_dtype in ((requested, dtype), ("fp32", torch.float32))}, device, rounds=3, best=True)
+        if screen[requested] > 1.5 * screen["fp32"]:
+            return PrecisionChoice("no", requested, {k: round(v, 2) for k, v in screen.items()})
     low = choose_kernels(device, dtype, channels_last, family, winograd)
     full = choose_kernels(device, torch.float32, channels_last, family, winograd)
     timings = {requested: low.probe_ms, "fp32": full.probe_ms}
