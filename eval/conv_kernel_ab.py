@@ -12,6 +12,8 @@ by its pad and depthwise filter (in fp32 for a bf16 input) and PyTorch's reflect
 against gan_style.nn.resample's C passes. ``--compare activations``: the ReLU and LeakyReLU after
 each instance norm as separate modules against their fusion into the norm's C passes
 (train.fuse_activations, gan_style.engine.kernels.fuse_norm_activations), the norm fused in both.
+``--compare casts`` (mixed-precision steps): autocast's weight casts, once per autocast region,
+against one per weight version (gan_style.nn.layers.weight_casts).
 
     python eval/conv_kernel_ab.py fastcut --size 128 --steps 16 [--set flip_equivariance=false]
     python eval/conv_kernel_ab.py cut --size 128 --steps 10 --compare sampling --set train.mixed_precision=bf16
@@ -28,6 +30,7 @@ encoder pass in half the steps), which pairs of steps would not share.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -36,6 +39,7 @@ import torch
 
 from gan_style.bench import timing_unit
 from gan_style.config import parse_set_arguments
+from gan_style.engine import trainer as trainer_module
 from gan_style.engine.contract import config_from_overrides
 from gan_style.engine.kernels import fuse_norm_activations, set_conv_kernel, set_norm_kernel
 from gan_style.engine.memory import PAGE_REUSE_MIN_BYTES, page_reuse_counters, set_page_reuse_min_bytes
@@ -60,6 +64,7 @@ SETTINGS = {
     "norm": (("batchnorm", {"norm": "batchnorm"}), ("fused", {"norm": "fused"})),
     "sampling": (("filter", {"resample": False}), ("resample", {"resample": True})),
     "activations": (("separate", {"norm": "fused", "activations": False}), ("fused", {"norm": "fused", "activations": True})),
+    "casts": (("autocast", {"casts": False}), ("kept", {"casts": True})),
 }
 
 
@@ -75,7 +80,8 @@ def main() -> None:
                              "against the measured choice; narrow: PyTorch's image-side convolutions against the measured choice; "
                              "pages: PyTorch's CPU allocator against freed pages reused; norm: the batch-norm against the fused "
                              "instance norm; sampling: CUT's sampling and reflection pads by PyTorch against the C passes; "
-                             "activations: the norms' activations as modules against fused into the norm")
+                             "activations: the norms' activations as modules against fused into the norm; casts: autocast's weight "
+                             "casts against one per weight version")
     parser.add_argument("--page-min-mb", type=float, default=PAGE_REUSE_MIN_BYTES / 2**20,
                         help="--compare pages: the smallest block served from freed pages, in MB")
     args = parser.parse_args()
@@ -85,7 +91,7 @@ def main() -> None:
     try:
         method_cls = get_method(args.method)
         batch_size = method_cls.bench_batch_size
-        winograd = {} if args.compare in ("pages", "norm", "sampling", "activations") else {"train.winograd": True}
+        winograd = {} if args.compare in ("pages", "norm", "sampling", "activations", "casts") else {"train.winograd": True}
         settings = {"train.batch_size": batch_size, **winograd, **parse_set_arguments(args.set)}
         config = config_from_overrides(method_cls, None, settings)
     except UserError as error:  # an unknown method or option: one line, no traceback
@@ -100,6 +106,7 @@ def main() -> None:
     if args.compare == "sampling" and not resample.resample_kernels_available():
         sys.exit("error: --compare sampling: the resampling kernel is not built here (no C compiler or GAN_STYLE_NATIVE=0)")
     resample_applies = resample.resample_applies
+    kept_casts = trainer_module.weight_casts
     seconds: dict[str, list[float]] = {name: [] for name, _ in sides}
     for pair in range(args.steps + 1):
         for name, side in sides if pair % 2 == 0 else sides[::-1]:
@@ -112,6 +119,8 @@ def main() -> None:
                     fuse_norm_activations(network, side["activations"])
             if "pages" in side:
                 set_page_reuse_min_bytes(int(args.page_min_mb * 2**20) if side["pages"] else None)
+            if "casts" in side:  # the trainer's per-step cast context, or none (autocast's own casts)
+                trainer_module.weight_casts = kept_casts if side["casts"] else (lambda dtype: contextlib.nullcontext())
             if "resample" in side:  # the availability check the modules consult, replaced
                 antialias.resample_applies = resample.resample_applies = resample_applies if side["resample"] else (lambda x: False)
             start = time.perf_counter()

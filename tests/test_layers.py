@@ -357,3 +357,43 @@ def test_fusing_the_activations_into_the_norms_keeps_the_networks_function(chann
         assert fuse_norm_activations(net, fused=False) == pairs
         assert [type(m) for m in net.modules()] == [type(m) for m in separate.modules()]
         assert not any(isinstance(m, MeasuredNorm) and m.activation_slope is not None for m in net.modules())
+
+
+def test_a_mixed_precision_step_casts_each_weight_once_per_version():
+    """weight_casts: Conv2d layers under autocast take one bf16 copy of each weight until it changes
+    (an optimiser step bumps its version); uses that need its gradient share the cast's node,
+    others get it detached; the gradient is autocast's."""
+    from gan_style.nn.layers import Conv2d, weight_casts
+
+    torch.manual_seed(0)
+    conv = Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 8, 8)
+
+    def twice() -> torch.Tensor:  # two uses in two autocast regions, as the trainer's forward and a phase
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first = conv(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            second = conv(first.float())
+        return second.float().square().sum()
+
+    (reference,) = torch.autograd.grad(twice(), conv.weight)
+    with weight_casts(torch.bfloat16) as casts:
+        (grad,) = torch.autograd.grad(twice(), conv.weight)
+        assert {id(conv.weight), id(conv.bias)} == set(casts._casts)  # the layer took its casts from here
+        kept = casts(conv.weight)
+        assert kept is casts(conv.weight) and kept.dtype == torch.bfloat16 and kept.grad_fn is not None
+        with torch.no_grad():
+            assert casts(conv.weight).grad_fn is None and casts(conv.weight).data_ptr() == kept.data_ptr()
+            conv.weight.add_(1.0)  # an optimiser step: a new version, a new cast
+        renewed = casts(conv.weight)
+        assert renewed is not kept and torch.equal(renewed, (conv.weight.detach()).bfloat16())
+        assert casts(conv.bias.detach()) is not None
+    assert grad.dtype == torch.float32
+    torch.testing.assert_close(grad, reference, rtol=2e-2, atol=1e-2 * reference.abs().max().item())
+    # a cast made without a gradient is not handed to a use that needs one
+    with weight_casts(torch.bfloat16) as casts:
+        with torch.no_grad():
+            frozen = casts(conv.weight)
+        assert frozen.grad_fn is None and casts(conv.weight).grad_fn is not None
+    # outside the context, or without autocast, the layer is nn.Conv2d as it is
+    torch.testing.assert_close(conv(x), nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))

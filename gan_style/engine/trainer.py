@@ -63,6 +63,7 @@ from gan_style.engine.memory import HeapTrimmer, keep_freed_memory, release_free
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.errors import CheckpointError
+from gan_style.nn.layers import weight_casts
 
 log = logging.getLogger(__name__)
 #: The checkpoint of the best evaluation so far (train.eval_every), beside latest.pt.
@@ -240,7 +241,16 @@ class Trainer:
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Run the phases due in this iteration on ``batch`` and count the iteration; return the
-        detached loss terms and logs, named by phase (``loss/<phase>/<term>``, ``<phase>/<scalar>``)."""
+        detached loss terms and logs, named by phase (``loss/<phase>/<term>``, ``<phase>/<scalar>``).
+        In a mixed-precision step each convolution weight is cast once per version, not once per
+        autocast region (``gan_style.nn.layers.weight_casts``)."""
+        dtype = STEP_DTYPES.get(self.precision.mixed_precision)
+        if dtype is None or self.config.compile:
+            return self._run_step(batch)
+        with weight_casts(dtype):
+            return self._run_step(batch)
+
+    def _run_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         batch = _to_device(batch, self.device, self.channels_last)
         progress = self.progress
         factor = self.schedule(progress.step, progress.epoch)

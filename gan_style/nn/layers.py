@@ -7,9 +7,11 @@ by those indices, and checkpoints load both ways). The builders here return list
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -158,18 +160,70 @@ class WinogradCapable:
         return F.conv2d(x, weight, bias, stride=stride, padding=padding)
 
 
+class WeightCasts:
+    """One low-precision copy of each weight per version, for a mixed-precision training step
+    (:func:`weight_casts`). Autocast casts a weight at every use outside the autocast region where
+    it last cast it, and each cast's backward casts a gradient back: a bf16 FastCUT step cast each
+    of G's 256-channel kernels 1.6 times and MUNIT's 1.5 times (their generator runs in the
+    trainer's forward region and again in the generator phase). Here a weight's cast is kept until
+    the weight changes (its version counter: an optimiser step) or the step ends. Uses that need a
+    gradient share the cast's node, so their bf16 gradients meet before the one cast back, as
+    autocast's own cache has them within a region; other uses get it detached."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self._casts: dict[int, tuple[Tensor, int, Tensor]] = {}
+
+    def __call__(self, weight: Tensor) -> Tensor:
+        """``weight`` in this step's dtype (an fp32 weight; others as they are)."""
+        if weight.dtype != torch.float32:
+            return weight
+        needs_grad = weight.requires_grad and torch.is_grad_enabled()
+        kept = self._casts.get(id(weight))
+        if kept is not None and kept[0] is weight and kept[1] == weight._version and (kept[2].requires_grad or not needs_grad):
+            return kept[2] if needs_grad else kept[2].detach()
+        cast = weight.to(self.dtype)
+        self._casts[id(weight)] = (weight, weight._version, cast)
+        return cast
+
+
+_STEP_CASTS: contextvars.ContextVar[WeightCasts | None] = contextvars.ContextVar("gan_style_step_casts", default=None)
+
+
+@contextlib.contextmanager
+def weight_casts(dtype: torch.dtype) -> Iterator[WeightCasts]:
+    """Within this context (the trainer's step under autocast to ``dtype``), :class:`Conv2d` layers
+    take their weights' casts from one :class:`WeightCasts`; they are dropped at its end."""
+    casts = WeightCasts(dtype)
+    token = _STEP_CASTS.set(casts)
+    try:
+        yield casts
+    finally:
+        _STEP_CASTS.reset(token)
+
+
+def _step_cast(weight: Tensor | None, x: Tensor) -> Tensor | None:
+    """``weight`` as the step's kept cast where a :func:`weight_casts` context is open and autocast is on."""
+    casts = _STEP_CASTS.get()
+    if weight is None or casts is None or not autocast_on(x):
+        return weight
+    return casts(weight)
+
+
 class Conv2d(WinogradCapable, nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict keys) whose zero-padded, ungrouped forms run by
     the trainer's measured kernels (:class:`WinogradCapable`): stride 1 by Winograd in fp32 steps,
-    larger square strides with their weight gradient by im2col where faster; every other case directly."""
+    larger square strides with their weight gradient by im2col where faster; every other case
+    directly. In a mixed-precision step its weights' casts are the step's (:func:`weight_casts`)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        weight, bias = _step_cast(self.weight, x), _step_cast(self.bias, x)
         if (self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
                 and self.padding[0] == self.padding[1] and self.stride[0] == self.stride[1]):
             if self.stride == (1, 1):
-                return self.stride1_conv2d(x, self.weight, self.bias, self.padding[0])
-            return self.strided_conv2d(x, self.weight, self.bias, self.stride[0], self.padding[0])
-        return super().forward(x)
+                return self.stride1_conv2d(x, weight, bias, self.padding[0])
+            return self.strided_conv2d(x, weight, bias, self.stride[0], self.padding[0])
+        return self._conv_forward(x, weight, bias)
 
 
 #: the narrowest layer :class:`Conv2d` runs by Winograd, per kernel side. Forward + backward time
