@@ -63,7 +63,7 @@ from gan_style.engine.memory import HeapTrimmer, keep_freed_memory, release_free
 from gan_style.engine.random import RandomStreams
 from gan_style.engine.schedules import build_schedule, set_lr
 from gan_style.errors import CheckpointError
-from gan_style.nn.layers import weight_casts
+from gan_style.nn.layers import WeightCasts, weight_casts
 
 log = logging.getLogger(__name__)
 #: The checkpoint of the best evaluation so far (train.eval_every), beside latest.pt.
@@ -246,11 +246,11 @@ class Trainer:
         autocast region (``gan_style.nn.layers.weight_casts``)."""
         dtype = STEP_DTYPES.get(self.precision.mixed_precision)
         if dtype is None or self.config.compile:
-            return self._run_step(batch)
-        with weight_casts(dtype):
-            return self._run_step(batch)
+            return self._run_step(batch, None)
+        with weight_casts(dtype) as casts:
+            return self._run_step(batch, casts)
 
-    def _run_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    def _run_step(self, batch: Mapping[str, Any], casts: WeightCasts | None) -> dict[str, Tensor]:
         batch = _to_device(batch, self.device, self.channels_last)
         progress = self.progress
         factor = self.schedule(progress.step, progress.epoch)
@@ -275,6 +275,8 @@ class Trainer:
             if out.losses:  # one backward and one optimiser step per phase that has losses
                 self.accelerator.backward(sum(out.losses.values()))
                 optimizer.step()
+                if casts is not None:  # the stepped weights' casts are stale
+                    casts.drop_stale()
                 # the gradients are spent: free them now, not at this optimiser's next phase, so
                 # that the next phase's activations do not sit on top of them
                 optimizer.zero_grad(set_to_none=True)
