@@ -179,6 +179,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         "mixed_precision": trainer.precision.mixed_precision,  # fp32 ("no") where bf16 was measured slower
         "channels_last": trainer.channels_last,  # as chosen (train.channels_last "auto": measured)
         "kernels": trainer.kernels.describe(),
+        "fused_norm_activations": trainer.fused_activations,  # (leaky) ReLUs applied inside their norm
         "kernel_timings_ms": trainer.kernels.timings_ms,
         **cpu_description(),
         "torch": torch.__version__,
@@ -238,6 +239,8 @@ def format_result(result: Mapping[str, Any], as_json: bool) -> str:
         if field in result:
             chosen = [v["kernel"] for v in result[field].values()]
             line += f" ({alternative} for {chosen.count(alternative)} of {len(chosen)} {what})"
+    if result.get("fused_norm_activations"):
+        line += f", {result['fused_norm_activations']} activations inside their norm"
     if "page_reuse" in result:
         line += f", freed pages reused for {100 * result['page_reuse']['reused_fraction']:.3g}% of the large blocks' bytes"
     if result.get("requested_precision", result["mixed_precision"]) != result["mixed_precision"]:

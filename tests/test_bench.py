@@ -40,6 +40,8 @@ def test_bench_json_has_the_flop_figures(capsys):
 
     if page_reuse_counters() is not None:
         assert 0 <= result["page_reuse"]["reused_fraction"] <= 1 and result["page_reuse"]["peak_mapped_mb"] >= 0
+    # the norms' activations run inside the fused C norm where it was chosen (train.fuse_activations)
+    assert (result["fused_norm_activations"] > 0) == ("fused instance norm" in result["kernels"])
     assert result["achieved_gflops"] == pytest.approx(result["gflop_per_iter"] / result["sec_per_iter"], rel=0.01)
     assert result["fraction_of_peak"] == pytest.approx(result["achieved_gflops"] / result["peak_gflops"], rel=0.01)
     # fp32 on the CPU: the strided convolutions' weight gradients timed per shape, as reported

@@ -151,13 +151,14 @@ class Trainer:
         self._trim_heap = HeapTrimmer() if trim and self.device.type == "cpu" else None
         self.channels_last = self.kernels.channels_last
         self._raw: dict[str, nn.Module] = {}
+        self.fused_activations = 0  # norm + activation pairs run as one (train.fuse_activations)
         for name, net in networks.items():
             net = net.to(self.device)
             if self.channels_last:
                 to_channels_last(net)
             set_norm_kernel(net, self.kernels.norm_kernel)
             if self.config.fuse_activations and self.kernels.norm_kernel == "fused":
-                fuse_norm_activations(net)
+                self.fused_activations += fuse_norm_activations(net)
             set_conv_kernel(net, self.kernels.conv_kernel, self.kernels.weight_gradient, self.kernels.narrow)
             self._raw[name] = net
         self.optimizer_specs = {spec.name: spec for spec in method.optimizers()}
