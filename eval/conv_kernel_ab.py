@@ -91,7 +91,8 @@ def main() -> None:
     try:
         method_cls = get_method(args.method)
         batch_size = method_cls.bench_batch_size
-        winograd = {} if args.compare in ("pages", "norm", "sampling", "activations", "casts") else {"train.winograd": True}
+        # the convolution kernels' comparisons run the fp32 step by Winograd where they do not set it
+        winograd = {"train.winograd": True} if any("conv" in side for _, side in SETTINGS[args.compare]) else {}
         settings = {"train.batch_size": batch_size, **winograd, **parse_set_arguments(args.set)}
         config = config_from_overrides(method_cls, None, settings)
     except UserError as error:  # an unknown method or option: one line, no traceback

@@ -575,8 +575,10 @@ POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.ELU, nn
 
 def _fused_activation(norm: nn.Module) -> list[Op]:
     """The activation a norm applies itself (``MeasuredNorm.activation_slope``, set by the trainer)."""
+    from gan_style.nn.layers import activation_module
+
     slope = getattr(norm, "activation_slope", None)
-    return [] if slope is None else [Pointwise(nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope))]
+    return [] if slope is None else [Pointwise(activation_module(slope, inplace=False))]
 
 
 def lower(module: nn.Module, adain: Iterator[tuple[Tensor, Tensor]] | None = None) -> list[Op]:

@@ -54,11 +54,9 @@ def adaptive_instance_norm(content: Tensor, style: Tensor | tuple[Tensor, Tensor
     if not unbiased and not isinstance(style, Tensor):  # instance norm with a per-sample affine map
         mean, std = (s.reshape(*s.shape[:2]) for s in style)
         return instance_norm(content, eps, scale=std, shift=mean, kernel=kernel, activation_slope=activation_slope)
-    if activation_slope is not None:
-        return activate(adaptive_instance_norm(content, style, eps, unbiased), activation_slope)
     content_mean, content_std = instance_mean_std(content, eps, unbiased)
     if isinstance(style, Tensor):
         style_mean, style_std = instance_mean_std(style, eps, unbiased)
     else:
         style_mean, style_std = (s.reshape(*s.shape[:2], 1, 1) for s in style)
-    return (content - content_mean) / content_std * style_std + style_mean
+    return activate((content - content_mean) / content_std * style_std + style_mean, activation_slope)

@@ -279,7 +279,7 @@ class FusedActivation(nn.Module):
 
     def activation(self) -> nn.Module:
         """The activation module it stands for."""
-        return nn.ReLU(inplace=True) if self.slope == 0.0 else nn.LeakyReLU(self.slope, inplace=True)
+        return activation_module(self.slope)
 
     def extra_repr(self) -> str:
         return f"{self.activation()!r}, applied by the norm before it"
@@ -292,6 +292,11 @@ def activation_slope(module: nn.Module) -> float | None:
     if type(module) is nn.LeakyReLU:
         return float(module.negative_slope)
     return None
+
+
+def activation_module(slope: float, inplace: bool = True) -> nn.Module:
+    """The (leaky) ReLU of negative ``slope`` as a module (0.0: ``nn.ReLU``)."""
+    return nn.ReLU(inplace=inplace) if slope == 0.0 else nn.LeakyReLU(slope, inplace=inplace)
 
 
 def activate(y: Tensor, slope: float | None) -> Tensor:
@@ -323,27 +328,26 @@ class InstanceNorm2d(MeasuredNorm, nn.InstanceNorm2d):
     kernel: str = "float32"
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 and is_channels_last(x) and not self.track_running_stats and self.kernel not in ("contiguous", "native"):
-            return instance_norm(x, self.eps, self.weight, self.bias, self.kernel, self.activation_slope)
-        return activate(self.normalise(x), self.activation_slope)
-
-    def normalise(self, x: Tensor) -> Tensor:
-        """The normalisation alone (no activation)."""
-        channels_last = x.dim() == 4 and is_channels_last(x)
+        slope = self.activation_slope  # the activation after it, where the trainer fused it in
         if self.track_running_stats or x.dim() != 4:
             # PyTorch's CPU instance norm: a wrong gradient for one sample whose gradient is channels-last
             y = super().forward(x)
-            y = _ContiguousGradient.apply(y) if x.dim() == 4 else y
-            return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+            if x.dim() == 4:
+                y = _ContiguousGradient.apply(y)
+                y = y.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else y
+            return activate(y, slope)
+        channels_last = is_channels_last(x)
+        if channels_last and self.kernel not in ("contiguous", "native"):
+            return instance_norm(x, self.eps, self.weight, self.bias, self.kernel, slope)
         if self.affine:
-            return instance_norm(x, self.eps, self.weight, self.bias)
+            return instance_norm(x, self.eps, self.weight, self.bias, activation_slope=slope)
         if channels_last and self.kernel == "contiguous":
-            return F.group_norm(x.contiguous(), x.shape[1], eps=self.eps).contiguous(memory_format=torch.channels_last)
-        if channels_last and self.kernel != "native":
-            return instance_norm(x, self.eps, kernel=self.kernel)
-        if not channels_last and self.kernel == "float32" and x.dtype in (torch.bfloat16, torch.float16):
-            return F.group_norm(x.float(), x.shape[1], eps=self.eps).to(x.dtype)
-        return F.group_norm(x, x.shape[1], eps=self.eps)
+            y = F.group_norm(x.contiguous(), x.shape[1], eps=self.eps).contiguous(memory_format=torch.channels_last)
+        elif not channels_last and self.kernel == "float32" and x.dtype in (torch.bfloat16, torch.float16):
+            y = F.group_norm(x.float(), x.shape[1], eps=self.eps).to(x.dtype)
+        else:
+            y = F.group_norm(x, x.shape[1], eps=self.eps)
+        return activate(y, slope)
 
 
 class _ContiguousGradient(torch.autograd.Function):
