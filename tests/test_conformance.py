@@ -27,6 +27,7 @@ from gan_style.engine.checkpoint import load_checkpoint
 from gan_style.engine.contract import Method, MethodConfig, OptimizerSpec, Phase, StepOutput, config_from_overrides
 from gan_style.engine.trainer import Trainer
 from gan_style.methods import METHODS, get_method
+from gan_style.nn import layers
 
 HERE = Path(__file__).resolve().parent
 NAMES = sorted(METHODS)
@@ -67,10 +68,24 @@ def test_every_preset_builds(name):
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.parametrize("name", NAMES)
-def test_a_synthetic_step_runs(name, precision, demo_cache):
+def test_a_synthetic_step_runs(name, precision, demo_cache, monkeypatch):
     # bf16 as asked even on a CPU without bf16 units, where the run would fall back to fp32
     config = smoke(name, mixed_precision=precision, precision_fallback=False)
     trainer = Trainer(get_method(name)(config), show_progress=False)
+    # Every weight cast the step hands out is its weight as it is now: a phase after an optimiser
+    # step (CUT's and MUNIT's G phase after D's) must not see the stepped network's old casts.
+    # PyTorch's fused Adam moves no version counter, which the casts go by (session p).
+    stale: list[tuple[int, ...]] = []
+    hand_out = layers.WeightCasts.__call__
+
+    def checked(casts: layers.WeightCasts, weight: torch.Tensor) -> torch.Tensor:
+        cast = hand_out(casts, weight)
+        if cast.dtype != weight.dtype and not torch.equal(cast.detach(), weight.detach().to(cast.dtype)):
+            stale.append(tuple(weight.shape))
+        return cast
+
+    monkeypatch.setattr(layers.WeightCasts, "__call__", checked)
+    versions = {id(p): p._version for n in trainer._owned for p in trainer.unwrapped(n).parameters()}
     assert trainer.accelerator.mixed_precision == trainer.precision.mixed_precision == precision
     before = {n: [p.detach().clone() for p in trainer.unwrapped(n).parameters()] for n in sorted(trainer._owned)}
     size = getattr(getattr(config, "data", None), "crop_size", 32)  # the smoke preset's training size
@@ -86,6 +101,9 @@ def test_a_synthetic_step_runs(name, precision, demo_cache):
     assert all(torch.isfinite(v).all() for v in logs.values())
     changed = [n for n, params in before.items() if any(not torch.equal(a, b) for a, b in zip(params, trainer.unwrapped(n).parameters()))]
     assert changed == sorted(trainer._owned), "every trained network takes a step"
+    assert not stale, f"casts of weights an optimiser had stepped since: {stale}"
+    assert all(p._version > versions[id(p)] for n in trainer._owned for p in trainer.unwrapped(n).parameters()), \
+        "an optimiser step moves its parameters' version counters"
     for name_, net in trainer.networks.items():
         expected = name_ in trainer._owned
         assert all(p.requires_grad == expected for p in net.parameters()), f"{name_}: frozen only when no optimiser owns it"
