@@ -40,6 +40,15 @@ class _DenseViews:
             tensors[start:] = [dense_view(t) for t in tensors[start:]]
         return result
 
+    def step(self, closure: Any = None) -> Any:
+        """The update; then the updated parameters' version counters move. PyTorch's fused kernel
+        writes them in place without moving them, and both autograd's check of tensors saved for
+        a backward and a bf16 step's kept weight casts (``gan_style.nn.layers.WeightCasts``) go by
+        them: without it CUT's generator phase saw D's casts from before D's update (session p)."""
+        loss = super().step(closure)  # type: ignore[misc]
+        torch.autograd.graph.increment_version([p for group in self.param_groups for p in group["params"] if p.grad is not None])
+        return loss
+
 
 class Adam(_DenseViews, torch.optim.Adam):
     """``torch.optim.Adam`` whose update sees channels-last parameters as dense tensors."""

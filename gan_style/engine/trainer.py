@@ -174,8 +174,6 @@ class Trainer:
         self.nets: dict[str, nn.Module] = dict(self._raw)
         self.nets.update(zip(trained_names, prepared[: len(trained_names)]))
         self.optimizers = dict(zip(optimizers.keys(), prepared[len(trained_names) :]))
-        # each optimiser's parameters, whose versions its step moves (see _run_step)
-        self._stepped = {name: [p for group in optimizer.param_groups for p in group["params"]] for name, optimizer in self.optimizers.items()}
         if self.config.compile:
             self.nets = {name: torch.compile(net) for name, net in self.nets.items()}
         # A pure function of (step, epoch): resuming restores the schedule with the progress.
@@ -278,11 +276,7 @@ class Trainer:
             if out.losses:  # one backward and one optimiser step per phase that has losses
                 self.accelerator.backward(sum(out.losses.values()))
                 optimizer.step()
-                # PyTorch's fused optimisers (our Adam's) update parameters in place without
-                # moving their version counters, which the step's weight casts go by (and
-                # autograd's check that a tensor saved for a backward was not changed since)
-                torch.autograd.graph.increment_version(self._stepped[phase.optimizer])
-                if casts is not None:  # the stepped weights' casts are stale
+                if casts is not None:  # the stepped weights' casts are stale (their versions moved)
                     casts.drop_stale()
                 # the gradients are spent: free them now, not at this optimiser's next phase, so
                 # that the next phase's activations do not sit on top of them

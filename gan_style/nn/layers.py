@@ -166,8 +166,8 @@ class WeightCasts:
     it last cast it, and each cast's backward casts a gradient back: a bf16 FastCUT step cast each
     of G's 256-channel kernels 1.6 times and MUNIT's 1.5 times (their generator runs in the
     trainer's forward region and again in the generator phase). Here a weight's cast is kept until
-    the weight changes (its version counter: an optimiser step; PyTorch's fused optimisers do not
-    move it, so the trainer does after each step) or the step ends. Uses that need a
+    the weight changes (its version counter: an optimiser step; PyTorch's fused kernel does not
+    move it, so gan_style.engine.optimizers' Adam and AdamW do) or the step ends. Uses that need a
     gradient share the cast's node, so their bf16 gradients meet before the one cast back, as
     autocast's own cache has them within a region; other uses get it detached."""
 
