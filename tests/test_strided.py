@@ -173,6 +173,7 @@ def test_a_gradient_of_the_inputs_alone_skips_the_weights(monkeypatch):
     gradient, as PyTorch's own convolution does not; a full backward computes all three."""
     asked = []
     monkeypatch.setattr(strided, "pytorch_conv_backward", lambda *args, _run=strided.pytorch_conv_backward: asked.append(args[3]) or _run(*args))
+    monkeypatch.setattr(strided.verdicts, "run", lambda key, direct, alternative: direct())  # PyTorch's kernel, untimed
     x, weight, bias = _inputs(2, 16, 32, 17, 3)
     for leaf_weight in (True, False):  # Conv2d's parameter, or EqualConv2d's scaled weight
         leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
@@ -192,3 +193,29 @@ def test_a_gradient_of_the_inputs_alone_skips_the_weights(monkeypatch):
         (out.sum() + grad_x.square().sum()).backward()
         for ours, theirs in zip(leaves, reference, strict=True):
             assert (ours.grad - theirs.grad).abs().max() <= 1e-5 * theirs.grad.abs().max()
+
+
+def test_the_im2col_kernel_sums_the_bias_gradient(monkeypatch):
+    """Where im2col computes the weight's gradient, PyTorch is asked for the input's alone: asked
+    for the bias's without the weight's, its oneDNN backward computes the weight's anyway and drops it."""
+    asked, now = [], [0.0]  # a fake clock: PyTorch's whole backward made to look 10x slower
+
+    def pytorch_backward(*args, _run=strided.pytorch_conv_backward):
+        asked.append(tuple(args[3]))
+        now[0] += 10.0 if args[3][1] else 0.0
+        return _run(*args)
+
+    monkeypatch.setattr(strided, "pytorch_conv_backward", pytorch_backward)
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    forget_weight_gradient_choices()
+    inputs = _inputs(2, 16, 32, 17, 3)
+    _gradients(strided_conv2d, *inputs, stride=2, padding=1)  # timed: im2col chosen
+    (measured,) = weight_gradient_choices().values()
+    assert measured["kernel"] == "im2col"
+    asked.clear()
+    ours = _gradients(strided_conv2d, *inputs, stride=2, padding=1)
+    assert asked == [(True, False, False)]
+    direct = _gradients(F.conv2d, *inputs, stride=2, padding=1)
+    for a, b in zip(ours, direct, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    forget_weight_gradient_choices()
