@@ -21,7 +21,7 @@ from gan_style.data.single_image import SingleImageDataConfig, SingleImageDatase
 from gan_style.engine.contract import StepContext, config_from_overrides
 from gan_style.losses.patchnce import multilayer_patch_nce_loss
 from gan_style.methods import get_method
-from gan_style.methods.cut import CUT, CUTUnpairedDataset, FastCUT, SinCUT
+from gan_style.methods.cut import CUT, CUTUnpairedDataset, FastCUT, SinCUT, mirrored_patch_ids
 from gan_style.nn.layers import count_parameters
 
 CUT_GOLDEN = GOLDEN / "cut"
@@ -156,6 +156,21 @@ def test_fastcut_flip_equivariance_matches_the_reference(flip):
     expected = reference_nce(method, nets, batch["A"], fake_B, patch_rng, flipped=flip)
     torch.testing.assert_close(out.losses["NCE"], expected, rtol=1e-5, atol=1e-5)
     assert set(out.losses) == {"G_GAN", "NCE"}
+    # and its gradients: a flipped step reads the queries at mirrored positions, not flipped maps
+    trained = [p for name in ("G", "F") for p in nets[name].parameters()]
+    ours = torch.autograd.grad(out.losses["NCE"], trained, allow_unused=True)
+    theirs = torch.autograd.grad(expected, trained, allow_unused=True)
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mirrored_patch_ids_read_a_flipped_map():
+    feature = torch.randn(2, 5, 4, 7)
+    ids = torch.randperm(4 * 7)[:11]
+    flat = lambda f: f.flatten(2)  # noqa: E731  (b, c, y * W + x)
+    assert torch.equal(flat(feature)[..., mirrored_patch_ids(ids, 7)], flat(feature.flip(3))[..., ids])
 
 
 def test_discriminator_loss_is_halved_lsgan():

