@@ -15,9 +15,10 @@ on first touch. Steps with many large temporaries (the Swapping Autoencoder's 30
 activations) spend a quarter or more of their CPU time there; kept in the heap, that memory is
 reused instead, at a higher peak.
 
-:func:`reuse_freed_pages` gets that time back at the default's peak: large tensors get the pages
-of freed ones, split or moved together by ``mremap`` (``page_reuse.cpp``); memory is never mapped
-beyond the live tensors' peak, and fresh pages are needed only to reach a new peak.
+:func:`reuse_freed_pages` gets that time back at about the default's peak: large tensors get the
+pages of freed ones, split or moved together by ``mremap`` (``page_reuse.cpp``); memory is never
+mapped beyond the live tensors' peak plus a slack (an eighth of it, at most
+``PAGE_REUSE_MAX_SLACK_BYTES``), and fresh pages are needed only to reach a new peak.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ class HeapTrimmer:
 # (eval/conv_kernel_ab.py --compare pages, docs/speed.md, session l): from 1 MB, CUT 0.95 and
 # CycleGAN 0.95 of the time, from 8 MB CUT 0.99, and a lower peak from 1 MB.
 PAGE_REUSE_MIN_BYTES = 1 << 20
+#: the most mapped beyond the live peak (and at most an eighth of it): room for fresh pages where
+#: no free block holds a request, so that a repeating step's free blocks settle instead of being
+#: merged by mremap every step (a bf16 FastCUT step 0.96 of PyTorch's allocator's time with it,
+#: 1.06 without; peak resident memory +15-50 MB for the CycleGAN family, +61 MB for the Swapping
+#: Autoencoder's 4 GB; docs/speed.md, session q)
+PAGE_REUSE_MAX_SLACK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ class PageReuseCounters:
     served from freed blocks' pages; ``grown_bytes`` fresh pages added where the free blocks merged
     into a request did not cover it; ``released_bytes`` handed back to the system. Now:
     ``mapped_bytes`` = ``live_bytes`` + ``free_bytes``; ``peak_mapped_bytes``, the most ever
-    mapped, is at most ``peak_live_bytes``. Calls: ``exact`` (a free block of the size), ``split``
+    mapped, is at most ``peak_live_bytes`` plus the slack (:func:`mapped_limit`). Calls: ``exact`` (a free block of the size), ``split``
     (the head of a larger one), ``merged`` (smaller ones moved together), ``fresh``."""
 
     fresh_bytes: int
@@ -130,9 +137,10 @@ def _page_reuse_library() -> ctypes.CDLL | None:
         return None
     library = native.compile_library("page_reuse", Path(__file__).with_name("page_reuse.cpp").read_text(), language="c++")
     if library is not None:
-        library.gs_page_reuse_install.argtypes, library.gs_page_reuse_install.restype = [ctypes.c_size_t], ctypes.c_int
+        library.gs_page_reuse_install.argtypes, library.gs_page_reuse_install.restype = [ctypes.c_size_t, ctypes.c_size_t], ctypes.c_int
         library.gs_page_reuse_release.argtypes, library.gs_page_reuse_release.restype = [], ctypes.c_size_t
         library.gs_page_reuse_set_min_bytes.argtypes, library.gs_page_reuse_set_min_bytes.restype = [ctypes.c_size_t], None
+        library.gs_page_reuse_set_max_slack.argtypes, library.gs_page_reuse_set_max_slack.restype = [ctypes.c_size_t], None
         library.gs_page_reuse_counters.argtypes = [ctypes.POINTER(ctypes.c_size_t)]
         library.gs_page_reuse_counters.restype = ctypes.c_int
     return library
@@ -141,18 +149,19 @@ def _page_reuse_library() -> ctypes.CDLL | None:
 _installed = False
 
 
-def reuse_freed_pages(min_bytes: int = PAGE_REUSE_MIN_BYTES) -> bool:
+def reuse_freed_pages(min_bytes: int = PAGE_REUSE_MIN_BYTES, max_slack_bytes: int = PAGE_REUSE_MAX_SLACK_BYTES) -> bool:
     """Make PyTorch's CPU allocator serve blocks of ``min_bytes`` or more from the pages of freed
-    ones (``page_reuse.cpp``), for the rest of the process: tensors allocated from then on keep it
-    as their allocator. Idempotent (the first call's ``min_bytes`` holds). False, logged, where it
-    cannot be built (not Linux, no C++ compiler, ``GAN_STYLE_NATIVE=0``) or installed."""
+    ones (``page_reuse.cpp``), mapping at most ``max_slack_bytes`` beyond the live peak, for the
+    rest of the process: tensors allocated from then on keep it as their allocator. Idempotent (the
+    first call's settings hold). False, logged, where it cannot be built (not Linux, no C++
+    compiler, ``GAN_STYLE_NATIVE=0``) or installed."""
     global _installed
     if _installed:
         return True
     library = _page_reuse_library()
     if library is None:
         return False
-    status = library.gs_page_reuse_install(min_bytes)
+    status = library.gs_page_reuse_install(min_bytes, max_slack_bytes)
     if status != 1:
         log.warning("reusing freed pages: PyTorch's CPU allocator is %s; it stays",
                     "another's of higher priority" if status == 0 else "one that cannot free raw pointers")
@@ -168,6 +177,20 @@ def set_page_reuse_min_bytes(min_bytes: int | None) -> None:
     comparing the two within one process (``eval/conv_kernel_ab.py --compare pages``)."""
     if _installed:
         _page_reuse_library().gs_page_reuse_set_min_bytes(2**64 - 1 if min_bytes is None else min_bytes)
+
+
+def set_page_reuse_max_slack(max_slack_bytes: int) -> None:
+    """From now on, :func:`reuse_freed_pages`' allocator maps at most ``max_slack_bytes`` (and an
+    eighth of the live peak) beyond the live peak; free blocks over the new limit are handed back.
+    0: none, and free blocks are merged for any request that none of them holds, as long as there
+    are free blocks (what it did before session q; tests)."""
+    if _installed:
+        _page_reuse_library().gs_page_reuse_set_max_slack(max_slack_bytes)
+
+
+def mapped_limit(peak_live_bytes: int, max_slack_bytes: int = PAGE_REUSE_MAX_SLACK_BYTES) -> int:
+    """The most :func:`reuse_freed_pages`' allocator maps while the most ever live is ``peak_live_bytes``."""
+    return peak_live_bytes + min(peak_live_bytes // 8, max_slack_bytes)
 
 
 def page_reuse_counters() -> PageReuseCounters | None:

@@ -9,19 +9,23 @@
 // This allocator keeps freed blocks of at least `min_bytes` mapped and serves later requests from
 // their pages, which mremap(2) moves between addresses without touching them:
 //   * a free block of at least the requested size: its head, the tail left free (no system call);
+//   * else, where the mapped memory has room (below), a fresh mapping;
 //   * else, all free blocks smaller: a new mapping of the requested size into which the free
-//     blocks' pages are moved, largest first; only what they do not cover is fresh;
-//   * else, with nothing free, a fresh mapping.
+//     blocks' pages are moved, largest first; only what they do not cover is fresh.
 // A freed block is joined with the free blocks on either side of it in the address space (no
 // system call), so the heads and tails that splits leave behind grow back into whole blocks. Without
 // that, a training step's repeating requests kept splitting blocks into pieces that the next larger
 // request had to gather by mremap: 80 merges (~640 mremap calls) and 30 MB of fresh pages per bf16
 // FastCUT step on a 2-vCPU Xeon, where each mremap's TLB shootdown is dear (docs/speed.md, session n).
-// Mapped memory is always live + free, grows only when nothing free is left, and is never more
-// than the most ever live: the peak stays the live tensors', where glibc's heap kept for reuse
-// (train.keep_heap) fragments and raised it 1.14x. Fresh pages are then needed only to reach a new
-// peak. Smaller blocks go to the allocator it replaced. Linux only (mremap); installed once per
-// process, for its lifetime: storages remember their allocator.
+// Mapped memory is always live + free and never more than the most ever live plus a slack of an
+// eighth of it, at most `max_slack` (64 MB from Python): the peak stays near the live tensors',
+// where glibc's heap kept for reuse (train.keep_heap) fragments and raised it 1.14x. Within the
+// slack, a request that no free block holds gets fresh pages rather than a merge, so the free
+// blocks of a repeating step settle to sizes that serve it. Without slack they were merged and
+// split again every step: 40 merges, ~600 mremap calls and 10 MB of fresh pages handed back per
+// bf16 FastCUT step, 1.06x the time of PyTorch's own allocator; with it, no merge and 0.96x
+// (docs/speed.md, session q). Smaller blocks go to the allocator it replaced. Linux only (mremap);
+// installed once per process, for its lifetime: storages remember their allocator.
 #include <c10/core/CPUAllocator.h>
 
 #include <pthread.h>
@@ -40,6 +44,8 @@
 namespace {
 
 constexpr size_t kPage = 4096;
+// Mapped memory may pass the most ever live by this fraction of it, at most max_slack.
+constexpr size_t kSlackDivisor = 8;
 
 size_t page_multiple(size_t n) { return (n + kPage - 1) & ~(kPage - 1); }
 
@@ -68,12 +74,14 @@ constexpr size_t kMaxSegments = 32;
 struct PageReusingAllocator final : c10::Allocator {
   c10::Allocator* fallback;
   std::atomic<size_t> min_bytes;  // SIZE_MAX: every block to the fallback (eval/conv_kernel_ab.py --compare pages)
+  std::atomic<size_t> max_slack;  // the most mapped beyond the live peak, in bytes (0: none)
   std::mutex mutex;
   std::map<char*, Block> blocks;             // every block, handed out or free, by address
   std::multimap<size_t, char*> free_blocks;  // the free ones: size -> address
   Counters counters;
 
-  PageReusingAllocator(c10::Allocator* fallback, size_t min_bytes) : fallback(fallback), min_bytes(min_bytes) {}
+  PageReusingAllocator(c10::Allocator* fallback, size_t min_bytes, size_t max_slack)
+      : fallback(fallback), min_bytes(min_bytes), max_slack(max_slack) {}
 
   static char* map_fresh(size_t n) {  // zeroed by the kernel on first touch
     void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -220,6 +228,9 @@ struct PageReusingAllocator final : c10::Allocator {
     return p;
   }
 
+  // The most that may be mapped while the most ever live is peak_live.
+  size_t mapped_limit(size_t peak_live) const { return peak_live + std::min(peak_live / kSlackDivisor, max_slack.load()); }
+
   // A block of exactly n bytes (a page multiple), under the mutex; nullptr when out of memory.
   char* take(size_t n) {
     char* p;
@@ -234,8 +245,9 @@ struct PageReusingAllocator final : c10::Allocator {
         counters.exact_calls++;
       }
       counters.reused_bytes += n;
-    } else if (!free_blocks.empty()) {
-      p = merge(n);
+    } else if (!free_blocks.empty() &&
+               (max_slack == 0 || counters.mapped_bytes + n > mapped_limit(std::max(counters.peak_live_bytes, counters.live_bytes + n)))) {
+      p = merge(n);  // no room for fresh pages beside the free ones: theirs moved together
       if (p == nullptr) return nullptr;
     } else {
       p = map_fresh(n);
@@ -245,17 +257,17 @@ struct PageReusingAllocator final : c10::Allocator {
     }
     counters.live_bytes += n;
     counters.peak_live_bytes = std::max(counters.peak_live_bytes, counters.live_bytes);
-    keep_within_live_peak();
+    keep_within_limit();
     counters.peak_mapped_bytes = std::max(counters.peak_mapped_bytes, counters.mapped_bytes);
     return p;
   }
 
-  // Mapped memory never beyond the most ever live. A merge that stopped at kMaxSegments with free
-  // blocks left can take it there; the excess is handed back from the tail of the smallest free
-  // block larger than it, else whole blocks, largest first.
-  void keep_within_live_peak() {
-    while (counters.mapped_bytes > counters.peak_live_bytes && !free_blocks.empty()) {
-      size_t excess = counters.mapped_bytes - counters.peak_live_bytes;
+  // Mapped memory never beyond mapped_limit. A merge that stopped at kMaxSegments with free blocks
+  // left, or a smaller max_slack, can take it there; the excess is handed back from the tail of the
+  // smallest free block larger than it, else whole blocks, largest first.
+  void keep_within_limit() {
+    while (counters.mapped_bytes > mapped_limit(counters.peak_live_bytes) && !free_blocks.empty()) {
+      size_t excess = counters.mapped_bytes - mapped_limit(counters.peak_live_bytes);
       auto cover = free_blocks.upper_bound(excess);
       if (cover == free_blocks.end()) {
         truncate(take_free(std::prev(free_blocks.end())), 0);
@@ -327,11 +339,11 @@ extern "C" {
 
 // 1: installed now or before; 0: another allocator of higher priority is the CPU's;
 // -1: the allocator it would replace cannot free raw pointers.
-int gs_page_reuse_install(size_t min_bytes) {
+int gs_page_reuse_install(size_t min_bytes, size_t max_slack) {
   if (installed != nullptr) return 1;
   c10::Allocator* previous = c10::GetCPUAllocator();
   if (previous->raw_deleter() == nullptr) return -1;
-  installed = new PageReusingAllocator(previous, min_bytes);  // never deleted: storages keep a pointer to it
+  installed = new PageReusingAllocator(previous, min_bytes, max_slack);  // never deleted: storages keep a pointer to it
   pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
   c10::SetCPUAllocator(installed, /*priority=*/1);  // above the default's 0
   return c10::GetCPUAllocator() == installed ? 1 : 0;
@@ -340,6 +352,14 @@ int gs_page_reuse_install(size_t min_bytes) {
 // From now on, blocks of at least min_bytes (SIZE_MAX: none) come from here; those handed out stay ours.
 void gs_page_reuse_set_min_bytes(size_t min_bytes) {
   if (installed != nullptr) installed->min_bytes = min_bytes;
+}
+
+// From now on, at most max_slack bytes (and an eighth of the live peak) mapped beyond the live peak.
+void gs_page_reuse_set_max_slack(size_t max_slack) {
+  if (installed == nullptr) return;
+  std::lock_guard<std::mutex> lock(installed->mutex);
+  installed->max_slack = max_slack;
+  installed->keep_within_limit();
 }
 
 // The free blocks handed back to the system; the bytes they held.
