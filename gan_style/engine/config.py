@@ -77,9 +77,9 @@ class TrainConfig:
     keep_heap: bool = False
     # CPU tensors of 1 MB or more get the pages of freed ones, split or moved together by mremap
     # (Linux; gan_style.engine.memory.reuse_freed_pages, process-wide from the first CPU run on):
-    # the kernel zeroes fresh pages only to reach a new peak, and the peak stays the live
-    # tensors' (the Swapping Autoencoder: 0.70-0.84 of the time, 0.93 of the peak; docs/speed.md,
-    # session l). false: PyTorch's allocator as it is.
+    # the kernel zeroes fresh pages only to reach a new peak, and the peak stays within an eighth
+    # (at most 64 MB) of the live tensors' (the Swapping Autoencoder: 0.70-0.84 of the time, 0.93
+    # of the peak; docs/speed.md, sessions l and q). false: PyTorch's allocator as it is.
     reuse_pages: bool = True
     # Where the instance norm runs by the fused C kernel (channels-last CPU steps): a ReLU or
     # LeakyReLU right after an instance norm or AdaIN is applied in the norm's own passes
