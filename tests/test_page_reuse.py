@@ -138,7 +138,7 @@ def test_memory_is_mapped_only_up_to_the_live_peak(reuse, slack):
             assert now.mapped_bytes == now.live_bytes + now.free_bytes
             assert now.live_bytes - base.live_bytes == in_use
             assert now.peak_live_bytes == max(base.peak_live_bytes, base.live_bytes + most)
-            assert now.mapped_bytes <= mapped_limit(now.peak_live_bytes, slack)
+            assert now.mapped_bytes <= mapped_limit(now.peak_live_bytes)  # with the slack set above
             assert all(_all(t, value) for t, value in live)  # pages moved never belong to a live tensor
             if free is not None:
                 live.pop(int(free * len(live)))

@@ -104,8 +104,9 @@ class PageReuseCounters:
     served from freed blocks' pages; ``grown_bytes`` fresh pages added where the free blocks merged
     into a request did not cover it; ``released_bytes`` handed back to the system. Now:
     ``mapped_bytes`` = ``live_bytes`` + ``free_bytes``; ``peak_mapped_bytes``, the most ever
-    mapped, is at most ``peak_live_bytes`` plus the slack (:func:`mapped_limit`). Calls: ``exact`` (a free block of the size), ``split``
-    (the head of a larger one), ``merged`` (smaller ones moved together), ``fresh``."""
+    mapped, is at most ``peak_live_bytes`` plus the slack (:func:`mapped_limit`). Calls: ``exact``
+    (a free block of the size), ``split`` (the head of a larger one), ``merged`` (smaller ones
+    moved together), ``fresh``."""
 
     fresh_bytes: int
     reused_bytes: int
@@ -141,6 +142,7 @@ def _page_reuse_library() -> ctypes.CDLL | None:
         library.gs_page_reuse_release.argtypes, library.gs_page_reuse_release.restype = [], ctypes.c_size_t
         library.gs_page_reuse_set_min_bytes.argtypes, library.gs_page_reuse_set_min_bytes.restype = [ctypes.c_size_t], None
         library.gs_page_reuse_set_max_slack.argtypes, library.gs_page_reuse_set_max_slack.restype = [ctypes.c_size_t], None
+        library.gs_page_reuse_mapped_limit.argtypes, library.gs_page_reuse_mapped_limit.restype = [ctypes.c_size_t], ctypes.c_size_t
         library.gs_page_reuse_counters.argtypes = [ctypes.POINTER(ctypes.c_size_t)]
         library.gs_page_reuse_counters.restype = ctypes.c_int
     return library
@@ -188,9 +190,10 @@ def set_page_reuse_max_slack(max_slack_bytes: int) -> None:
         _page_reuse_library().gs_page_reuse_set_max_slack(max_slack_bytes)
 
 
-def mapped_limit(peak_live_bytes: int, max_slack_bytes: int = PAGE_REUSE_MAX_SLACK_BYTES) -> int:
-    """The most :func:`reuse_freed_pages`' allocator maps while the most ever live is ``peak_live_bytes``."""
-    return peak_live_bytes + min(peak_live_bytes // 8, max_slack_bytes)
+def mapped_limit(peak_live_bytes: int) -> int:
+    """The most :func:`reuse_freed_pages`' allocator maps, with its current slack, while the most
+    ever live is ``peak_live_bytes`` (the allocator's own rule; ``peak_live_bytes`` where it is not installed)."""
+    return int(_page_reuse_library().gs_page_reuse_mapped_limit(peak_live_bytes)) if _installed else peak_live_bytes
 
 
 def page_reuse_counters() -> PageReuseCounters | None:

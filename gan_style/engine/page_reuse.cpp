@@ -362,6 +362,9 @@ void gs_page_reuse_set_max_slack(size_t max_slack) {
   installed->keep_within_limit();
 }
 
+// The most it maps while the most ever live is peak_live (its current slack).
+size_t gs_page_reuse_mapped_limit(size_t peak_live) { return installed != nullptr ? installed->mapped_limit(peak_live) : peak_live; }
+
 // The free blocks handed back to the system; the bytes they held.
 size_t gs_page_reuse_release(void) { return installed != nullptr ? installed->release_free_blocks() : 0; }
 
