@@ -104,7 +104,8 @@ class PageReuseCounters:
     served from freed blocks' pages; ``grown_bytes`` fresh pages added where the free blocks merged
     into a request did not cover it; ``released_bytes`` handed back to the system. Now:
     ``mapped_bytes`` = ``live_bytes`` + ``free_bytes``; ``peak_mapped_bytes``, the most ever
-    mapped, is at most ``peak_live_bytes`` plus the slack (:func:`mapped_limit`). Calls: ``exact``
+    mapped, is at most ``peak_live_bytes`` plus the slack (:func:`mapped_limit`); both peaks count
+    from the last :func:`release_freed_pages`. Calls: ``exact``
     (a free block of the size), ``split`` (the head of a larger one), ``merged`` (smaller ones
     moved together), ``fresh``."""
 
@@ -207,5 +208,6 @@ def page_reuse_counters() -> PageReuseCounters | None:
 
 def release_freed_pages() -> int:
     """Hand the freed blocks that :func:`reuse_freed_pages` keeps back to the system (at the end
-    of training, so that an idle process does not hold its step's peak); the bytes released."""
+    of training, so that an idle process does not hold its step's peak); the bytes released. The
+    peaks start again from what is live: a later run's slack is sized by its own peak."""
     return int(_page_reuse_library().gs_page_reuse_release()) if _installed else 0

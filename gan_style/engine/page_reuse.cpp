@@ -306,6 +306,9 @@ struct PageReusingAllocator final : c10::Allocator {
     std::lock_guard<std::mutex> lock(mutex);
     size_t released = counters.free_bytes;
     while (!free_blocks.empty()) truncate(take_free(free_blocks.begin()), 0);
+    // A new start: the peaks (and with them the slack) are the next run's own, not a larger
+    // earlier run's that would let this one map up to its slack beyond its own needs.
+    counters.peak_live_bytes = counters.live_bytes, counters.peak_mapped_bytes = counters.mapped_bytes;
     return released;
   }
 };
