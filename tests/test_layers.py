@@ -195,17 +195,22 @@ def test_bf16_instance_norm_gradient_with_a_large_common_mode(kernel):
 needs_fused_norm = pytest.mark.skipif(not fused_norm_available(), reason="no C compiler here (or GAN_STYLE_NATIVE=0)")
 
 
+#: channel counts for the C kernels: 5 goes one channel at a time; 21, sixteen in vector lanes and 5 after
+KERNEL_CHANNELS = [5, 21]
+
+
 @needs_fused_norm
-@pytest.mark.parametrize("affine", [None, (5,), (3, 5)])
+@pytest.mark.parametrize("channels", KERNEL_CHANNELS)
+@pytest.mark.parametrize("affine", [None, "channel", "sample"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_fused_kernel_is_instance_norm_with_its_gradients(dtype, batch, affine):
+def test_the_fused_kernel_is_instance_norm_with_its_gradients(dtype, batch, affine, channels):
     """Every sample of a channels-last batch in one C call, against float64 by definition: fp32
     to its rounding; bf16 within 2 units in the last place (its inputs are the bf16 values)."""
     generator = torch.Generator().manual_seed(0)
-    x = _channels_last(torch.randn(batch, 5, 13, 11, generator=generator) * 3 + 2).to(dtype).requires_grad_()
-    dy = _channels_last(torch.randn(batch, 5, 13, 11, generator=generator)).to(dtype)
-    scale = None if affine is None else torch.rand(affine[0] if len(affine) == 1 else (batch, 5), generator=generator).requires_grad_()
+    x = _channels_last(torch.randn(batch, channels, 13, 11, generator=generator) * 3 + 2).to(dtype).requires_grad_()
+    dy = _channels_last(torch.randn(batch, channels, 13, 11, generator=generator)).to(dtype)
+    scale = None if affine is None else torch.rand(channels if affine == "channel" else (batch, channels), generator=generator).requires_grad_()
     shift = None if affine is None else torch.randn(scale.shape, generator=generator).requires_grad_()
     y = instance_norm(x, 1e-5, scale, shift, kernel="fused")
     assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
@@ -260,17 +265,18 @@ def test_munits_adain_runs_by_the_norm_kernel_the_trainer_sets():
 
 
 @needs_fused_norm
+@pytest.mark.parametrize("channels", KERNEL_CHANNELS)
 @pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("slope", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_fused_kernel_applies_the_activation_after_the_norm(dtype, slope, affine):
+def test_the_fused_kernel_applies_the_activation_after_the_norm(dtype, slope, affine, channels):
     """instance_norm(..., activation_slope) in the C kernel: (leaky) ReLU of the norm in its output
     pass, the backward's mask recomputed from the statistics, against float64 by definition."""
     generator = torch.Generator().manual_seed(1)
-    x = _channels_last(torch.randn(2, 5, 13, 11, generator=generator) * 3 + 2).to(dtype).requires_grad_()
-    dy = _channels_last(torch.randn(2, 5, 13, 11, generator=generator)).to(dtype)
-    scale = torch.rand(2, 5, generator=generator).requires_grad_() if affine else None
-    shift = torch.randn(2, 5, generator=generator).requires_grad_() if affine else None
+    x = _channels_last(torch.randn(2, channels, 13, 11, generator=generator) * 3 + 2).to(dtype).requires_grad_()
+    dy = _channels_last(torch.randn(2, channels, 13, 11, generator=generator)).to(dtype)
+    scale = torch.rand(2, channels, generator=generator).requires_grad_() if affine else None
+    shift = torch.randn(2, channels, generator=generator).requires_grad_() if affine else None
     y = instance_norm(x, 1e-5, scale, shift, kernel="fused", activation_slope=slope)
     assert type(y.grad_fn).__name__ == "_FusedInstanceNormBackward" and y.dtype == dtype
     leaves = [t for t in (x, scale, shift) if t is not None]
@@ -302,13 +308,14 @@ def test_the_fused_activation_has_a_double_backward_and_keeps_nan_and_infinity()
     reference = nn.Sequential(nn.InstanceNorm2d(4), nn.LeakyReLU(0.2))
     torch.testing.assert_close(penalty_gradient(_channels_last(small), norm).double(), penalty_gradient(small.double(), reference),
                                rtol=1e-4, atol=1e-5)
-    # PyTorch's ReLU maps -inf to 0 and keeps NaN; the kernel's output pass does the same
-    x = torch.zeros(1, 3, 2, 2)
-    x[0, 0, 0, 0] = float("nan")
-    shift = torch.tensor([0.0, float("-inf"), 0.5])
+    # PyTorch's ReLU maps -inf to 0 and keeps NaN; the kernel's output pass does the same, in its
+    # vector lanes (the first 16 channels) and one channel at a time (the 3 after)
+    x = torch.zeros(1, 19, 2, 2)
+    shift = torch.tensor([0.0, float("-inf"), 0.5]).repeat(7)[:19]
+    x[0, ::3, 0, 0] = float("nan")
     y = instance_norm(_channels_last(x), 1e-5, shift=shift, kernel="fused", activation_slope=0.0)
-    assert y[0, 0].isnan().all()  # the whole channel's statistics are NaN
-    assert torch.equal(y[0, 1:], torch.tensor([0.0, 0.5])[:, None, None].expand(2, 2, 2))
+    assert y[0, ::3].isnan().all()  # the whole channel's statistics are NaN
+    assert torch.equal(y[0, 1::3], torch.zeros(6, 2, 2)) and torch.equal(y[0, 2::3], torch.full((6, 2, 2), 0.5))
     torch.testing.assert_close(instance_norm(_channels_last(x), 1e-5, shift=shift, activation_slope=0.0), y, equal_nan=True)
 
 
