@@ -308,8 +308,8 @@ def test_the_fused_activation_has_a_double_backward_and_keeps_nan_and_infinity()
     reference = nn.Sequential(nn.InstanceNorm2d(4), nn.LeakyReLU(0.2))
     torch.testing.assert_close(penalty_gradient(_channels_last(small), norm).double(), penalty_gradient(small.double(), reference),
                                rtol=1e-4, atol=1e-5)
-    # PyTorch's ReLU maps -inf to 0 and keeps NaN; the kernel's output pass does the same, in its
-    # vector lanes (the first 16 channels) and one channel at a time (the 3 after)
+    # PyTorch's ReLU maps -inf to 0 and keeps NaN; the kernel's output pass does the same, over
+    # more channels than one vector holds
     x = torch.zeros(1, 19, 2, 2)
     shift = torch.tensor([0.0, float("-inf"), 0.5]).repeat(7)[:19]
     x[0, ::3, 0, 0] = float("nan")

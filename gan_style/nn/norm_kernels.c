@@ -53,12 +53,7 @@ static inline f32x16 select16(u32x16 when, f32x16 yes, f32x16 no)
     return v;
 }
 
-/* activate() and activation_gradient() sixteen lanes at a time */
-static inline f32x16 activate16(f32x16 y, float slope)
-{
-    return select16((u32x16)(y > 0.0f) | (u32x16)(y != y), y, slope == 0.0f ? (f32x16){0} : y * slope);
-}
-
+/* activation_gradient() sixteen lanes at a time (the backward's vector passes; gcc vectorises the forward's loops itself) */
 static inline f32x16 activation_gradient16(f32x16 y, f32x16 g, float slope)
 {
     return select16((u32x16)(y > 0.0f), g, slope == 0.0f ? (f32x16){0} : g * slope);
@@ -99,12 +94,11 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
 
 /* forward: y, and the per-(sample, channel) mean and rstd kept for the backward. scale and shift
    are (N, C) fp32 or NULL (γ = 1, β = 0). */
-#define FORWARD(NAME, T, LOAD, STORE, LOAD16, STORE16)                                                                     \
+#define FORWARD(NAME, T, LOAD, STORE)                                                                                      \
     void NAME(const T *x, T *y, float *mean, float *rstd, const float *scale, const float *shift, i64 n, i64 hw, i64 c,   \
               float eps, int activation, float slope)                                                                      \
     {                                                                                                                      \
         const int threads = omp_get_max_threads();                                                                         \
-        const i64 vector_c = c - c % 16;                                                                                   \
         float *partial = malloc(sizeof(float) * threads * c);                                                             \
         for (i64 b = 0; b < n; b++) {                                                                                      \
             const T *xs = x + b * hw * c;                                                                                  \
@@ -117,27 +111,16 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
                 row_range(hw, t, team, &first, &last);                                                                     \
                 float total[c], block[c];                                                                                  \
                 /* pass 1: the mean */                                                                                     \
-                BLOCKED_SUMS(total, block, c, first, last, {                                                               \
-                    for (i64 ch = 0; ch < vector_c; ch += 16)                                                              \
-                        f32x16_store(block + ch, f32x16_load(block + ch) + LOAD16(xs + row * c + ch));                     \
-                    for (i64 ch = vector_c; ch < c; ch++)                                                                  \
-                        block[ch] += LOAD(xs[row * c + ch]);                                                               \
-                })                                                                                                         \
+                BLOCKED_SUMS(total, block, c, first, last, for (i64 ch = 0; ch < c; ch++) block[ch] += LOAD(xs[row * c + ch]);) \
                 memcpy(partial + t * c, total, sizeof(float) * c);                                                         \
                 _Pragma("omp barrier")                                                                                     \
                 _Pragma("omp single")                                                                                      \
                 for (i64 ch = 0; ch < c; ch++)                                                                             \
                     m[ch] = team_sum(partial, team, c, ch) / (float)hw;                                                    \
                 /* pass 2: the centred variance (omp single ends with a barrier) */                                        \
-                BLOCKED_SUMS(total, block, c, first, last, {                                                               \
-                    for (i64 ch = 0; ch < vector_c; ch += 16) {                                                            \
-                        const f32x16 d = LOAD16(xs + row * c + ch) - f32x16_load(m + ch);                                  \
-                        f32x16_store(block + ch, f32x16_load(block + ch) + d * d);                                         \
-                    }                                                                                                      \
-                    for (i64 ch = vector_c; ch < c; ch++) {                                                                \
-                        const float d = LOAD(xs[row * c + ch]) - m[ch];                                                    \
-                        block[ch] += d * d;                                                                                \
-                    }                                                                                                      \
+                BLOCKED_SUMS(total, block, c, first, last, for (i64 ch = 0; ch < c; ch++) {                                \
+                    const float d = LOAD(xs[row * c + ch]) - m[ch];                                                        \
+                    block[ch] += d * d;                                                                                    \
                 })                                                                                                         \
                 memcpy(partial + t * c, total, sizeof(float) * c); /* the means' partials were read before the barrier */ \
                 _Pragma("omp barrier")                                                                                     \
@@ -150,17 +133,13 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
                     multiplier[ch] = r[ch] * (scale ? scale[b * c + ch] : 1.0f);                                           \
                     addend[ch] = shift ? shift[b * c + ch] : 0.0f;                                                         \
                 }                                                                                                          \
-                for (i64 row = first; row < last; row++) {                                                                 \
-                    for (i64 ch = 0; ch < vector_c; ch += 16) {                                                            \
-                        const f32x16 v = (LOAD16(xs + row * c + ch) - f32x16_load(m + ch)) * f32x16_load(multiplier + ch)  \
-                                         + f32x16_load(addend + ch);                                                       \
-                        STORE16(ys + row * c + ch, activation ? activate16(v, slope) : v);                                 \
-                    }                                                                                                      \
-                    for (i64 ch = vector_c; ch < c; ch++) {                                                                \
-                        const float v = (LOAD(xs[row * c + ch]) - m[ch]) * multiplier[ch] + addend[ch];                    \
-                        ys[row * c + ch] = STORE(activation ? activate(v, slope) : v);                                     \
-                    }                                                                                                      \
-                }                                                                                                          \
+                for (i64 row = first; row < last; row++)                                                                   \
+                    if (activation)                                                                                        \
+                        for (i64 ch = 0; ch < c; ch++)                                                                     \
+                            ys[row * c + ch] = STORE(activate((LOAD(xs[row * c + ch]) - m[ch]) * multiplier[ch] + addend[ch], slope)); \
+                    else                                                                                                   \
+                        for (i64 ch = 0; ch < c; ch++)                                                                     \
+                            ys[row * c + ch] = STORE((LOAD(xs[row * c + ch]) - m[ch]) * multiplier[ch] + addend[ch]);      \
             }                                                                                                              \
         }                                                                                                                  \
         free(partial);                                                                                                     \
@@ -168,7 +147,7 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
 
 /* backward: dx (may be NULL: only the affine map's gradients), and per (sample, channel) Σ dy
    and Σ dy x̂ (dβ and dγ before summing over samples); with an activation, dy is the activation's
-   output gradient and what is summed is the norm's (gradient(), below). Channels go sixteen at a
+   output gradient and what is summed is the norm's (GRADIENT, below). Channels go sixteen at a
    time in vector registers (f32x16, bf16.h), the last c mod 16 one by one: the same arithmetic. */
 
 /* the norm's output gradient at (row, ch) of the sample: dy, or through the activation */
@@ -246,7 +225,7 @@ static inline float team_sum(const float *partial, int team, i64 width, i64 ch)
         free(partial);                                                                                                     \
     }
 
-FORWARD(gs_instance_norm_forward_f32, float, AS_IS, AS_IS, f32x16_load, f32x16_store)
-FORWARD(gs_instance_norm_forward_bf16, uint16_t, bf16_load, bf16_store, bf16x16_load, bf16x16_store)
+FORWARD(gs_instance_norm_forward_f32, float, AS_IS, AS_IS)
+FORWARD(gs_instance_norm_forward_bf16, uint16_t, bf16_load, bf16_store)
 BACKWARD(gs_instance_norm_backward_f32, float, AS_IS, AS_IS, f32x16_load, f32x16_store)
 BACKWARD(gs_instance_norm_backward_bf16, uint16_t, bf16_load, bf16_store, bf16x16_load, bf16x16_store)
