@@ -33,6 +33,13 @@ structure image's own reconstruction correlates weakly with its edges (83.8 agai
 texture image's, seed 4); measured on the luminance averaged over 4x4 blocks (the layout) the
 margins are 16-30 %.
 
+The kernels are fixed for these runs (channels-last, Winograd, PyTorch's strided and image-side
+convolutions; gan_style.evaluation.swap_statistics.short_run): left to the trainer's timings, they
+changed from process to process, and with them the rounding and the run. A whole suite on an AMX
+Xeon (2026-12-07, 2 threads) once missed with them: painting <- photo colour 0.460/0.369. Fixed,
+that machine gives the same run every time (seed 1 at 1200: 0.35/0.46, 0.79/1.02, 87.1/84.9 and
+0.40/0.42, 0.85/1.08, 87.5/84.8); its thinnest margin there is that colour distance, 4 %.
+
 The paintings are balanced with photos (vangogh2photo has four photos for each painting): on all
 of it, the swaps' colour and Gram statistics took the paintings' less often (docs/swapae.md). With
 the paper's loss weights no configuration meets the criterion in a CPU budget: the image GAN holds
