@@ -58,6 +58,14 @@ def _all(t: torch.Tensor, value: int) -> bool:
     return bool((t[::PAGE] == value).all()) and int(t[-1]) == value
 
 
+def _random_sequence(seed: int) -> tuple[list[int], list[float | None]]:
+    """60 block sizes of 1-4 units, and after each allocation whether to free a random live block
+    (the fraction of the list to pick it at) or not (None)."""
+    rng = random.Random(seed)
+    sizes = [UNIT + rng.randrange(3 * UNIT) for _ in range(60)]
+    return sizes, [rng.random() if rng.random() < 0.6 else None for _ in sizes]
+
+
 def _delta(before, after, *names):
     return tuple(getattr(after, name) - getattr(before, name) for name in names)
 
@@ -123,9 +131,7 @@ def test_memory_is_mapped_only_up_to_the_live_peak(reuse, slack):
     still take fresh pages within the slack: test_a_repeating_sequence_settles_with_no_merge)."""
     set_page_reuse_max_slack(slack)
     base = reuse()
-    rng = random.Random(0)
-    sizes = [UNIT + rng.randrange(3 * UNIT) for _ in range(60)]
-    frees = [rng.random() if rng.random() < 0.6 else None for _ in sizes]  # after each allocation, free a random live one?
+    sizes, frees = _random_sequence(0)
     most = 0
 
     def run() -> None:
@@ -163,12 +169,9 @@ def test_a_repeating_sequence_settles_with_no_merge(reuse):
     The slack is an eighth of the live peak, at most 64 MB: a block held live (as a model's weights
     and a step's saved activations are), never touched so never resident, gives the whole 64 MB;
     release_freed_pages starts the peak again, so no earlier test's peak sizes it."""
-    release_freed_pages()
-    held = _bytes(8 * PAGE_REUSE_MAX_SLACK_BYTES)
+    held = _bytes(8 * PAGE_REUSE_MAX_SLACK_BYTES)  # the fixture released the freed pages: the peak is this test's
     assert mapped_limit(reuse().peak_live_bytes) - reuse().peak_live_bytes == PAGE_REUSE_MAX_SLACK_BYTES
-    rng = random.Random(1)
-    sizes = [UNIT + rng.randrange(3 * UNIT) for _ in range(60)]
-    frees = [rng.random() if rng.random() < 0.6 else None for _ in sizes]
+    sizes, frees = _random_sequence(1)
 
     def merges_per_run(runs: int) -> list[int]:
         counts = []

@@ -105,9 +105,8 @@ class PageReuseCounters:
     into a request did not cover it; ``released_bytes`` handed back to the system. Now:
     ``mapped_bytes`` = ``live_bytes`` + ``free_bytes``; ``peak_mapped_bytes``, the most ever
     mapped, is at most ``peak_live_bytes`` plus the slack (:func:`mapped_limit`); both peaks count
-    from the last :func:`release_freed_pages`. Calls: ``exact``
-    (a free block of the size), ``split`` (the head of a larger one), ``merged`` (smaller ones
-    moved together), ``fresh``."""
+    from the last :func:`release_freed_pages`. Calls: ``exact`` (a free block of the size),
+    ``split`` (the head of a larger one), ``merged`` (smaller ones moved together), ``fresh``."""
 
     fresh_bytes: int
     reused_bytes: int

@@ -41,22 +41,19 @@ static inline float activation_gradient(float y, float g, float slope)
     return y > 0.0f ? g : slope == 0.0f ? 0.0f : g * slope;
 }
 
-/* lane by lane: `when` (all ones or zeros per lane, from a comparison) ? yes : no */
-static inline f32x16 select16(u32x16 when, f32x16 yes, f32x16 no)
+/* activation_gradient() sixteen lanes at a time, for the backward's vector passes (gcc
+   vectorises the forward's loops itself): g where y > 0, else g * slope (0 for a ReLU) */
+static inline f32x16 activation_gradient16(f32x16 y, f32x16 g, float slope)
 {
-    u32x16 y, n;
-    memcpy(&y, &yes, sizeof y);
-    memcpy(&n, &no, sizeof n);
-    const u32x16 out = (when & y) | (~when & n);
+    const u32x16 positive = (u32x16)(y > 0.0f);
+    const f32x16 negative = slope == 0.0f ? (f32x16){0} : g * slope;
+    u32x16 kept, other;
+    memcpy(&kept, &g, sizeof kept);
+    memcpy(&other, &negative, sizeof other);
+    const u32x16 out = (positive & kept) | (~positive & other);
     f32x16 v;
     memcpy(&v, &out, sizeof v);
     return v;
-}
-
-/* activation_gradient() sixteen lanes at a time (the backward's vector passes; gcc vectorises the forward's loops itself) */
-static inline f32x16 activation_gradient16(f32x16 y, f32x16 g, float slope)
-{
-    return select16((u32x16)(y > 0.0f), g, slope == 0.0f ? (f32x16){0} : g * slope);
 }
 
 /* The rows [first, last) of one thread for `rows` rows split among `threads`. */
