@@ -13,7 +13,9 @@ against gan_style.nn.resample's C passes. ``--compare activations``: the ReLU an
 each instance norm as separate modules against their fusion into the norm's C passes
 (train.fuse_activations, gan_style.engine.kernels.fuse_norm_activations), the norm fused in both.
 ``--compare casts`` (mixed-precision steps): autocast's weight casts, once per autocast region,
-against one per weight version (gan_style.nn.layers.weight_casts).
+against one per weight version (gan_style.nn.layers.weight_casts). ``--compare tiles`` (bf16 steps on
+a CPU with AMX): PyTorch's backward of the stride-1 3x3 layers against their weight gradients by the
+tile kernel where timed faster (gan_style.nn.tiles).
 
     python eval/conv_kernel_ab.py fastcut --size 128 --steps 16 [--set flip_equivariance=false]
     python eval/conv_kernel_ab.py cut --size 128 --steps 10 --compare sampling --set train.mixed_precision=bf16
@@ -65,6 +67,7 @@ SETTINGS = {
     "sampling": (("filter", {"resample": False}), ("resample", {"resample": True})),
     "activations": (("separate", {"norm": "fused", "activations": False}), ("fused", {"norm": "fused", "activations": True})),
     "casts": (("autocast", {"casts": False}), ("kept", {"casts": True})),
+    "tiles": (("direct", {"conv": "direct", "weight_gradient": "direct"}), ("tiles", {"conv": "direct", "weight_gradient": "measured"})),
 }
 
 
@@ -81,7 +84,7 @@ def main() -> None:
                              "pages: PyTorch's CPU allocator against freed pages reused; norm: the batch-norm against the fused "
                              "instance norm; sampling: CUT's sampling and reflection pads by PyTorch against the C passes; "
                              "activations: the norms' activations as modules against fused into the norm; casts: autocast's weight "
-                             "casts against one per weight version")
+                             "casts against one per weight version; tiles: PyTorch's bf16 3x3 weight gradients against the tile kernel's")
     parser.add_argument("--page-min-mb", type=float, default=PAGE_REUSE_MIN_BYTES / 2**20,
                         help="--compare pages: the smallest block served from freed pages, in MB")
     args = parser.parse_args()

@@ -142,6 +142,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     from gan_style.methods import get_method
     from gan_style.nn.narrow import narrow_choices
     from gan_style.nn.strided import weight_gradient_choices
+    from gan_style.nn.tiles import tile_gradient_choices
 
     method_cls = get_method(method_name)
     batch_size = batch_size or method_cls.bench_batch_size
@@ -196,6 +197,9 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     narrow = narrow_choices()  # the image-facing layers' passes, likewise
     if narrow:
         result["narrow_convolutions"] = narrow
+    tiles = tile_gradient_choices()  # the 3x3 layers' weight gradients of bf16 steps on a CPU with AMX, likewise
+    if tiles:
+        result["tile_weight_gradients"] = tiles
     if trainer.device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # Peak memory is read above, so the counted step and the matmul below change no figure that
@@ -208,12 +212,14 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
         # (train.winograd) executes fewer multiplications, reported as executed_gflop_per_iter
         executed = count_gflop(unit)
         gflop = executed
-        if trainer.kernels.conv_kernel != "direct":
+        if trainer.kernels.conv_kernel != "direct" or trainer.kernels.tile_gradients:  # (the tile kernel's products: not seen)
             for net in trainer.networks.values():
-                set_conv_kernel(net, "direct")
+                set_conv_kernel(net, "direct", "direct")
             gflop = count_gflop(unit)
             for net in trainer.networks.values():
-                set_conv_kernel(net, trainer.kernels.conv_kernel)
+                set_conv_kernel(net, trainer.kernels.conv_kernel, trainer.kernels.weight_gradient)
+            if trainer.kernels.conv_kernel == "direct":
+                executed = gflop  # the tile kernel does the direct convolution's products
     peak, n = peak_matmul_gflops(trainer.device, dtype)
     result.update(peak_gflops=_significant(peak), peak_dtype=str(dtype).removeprefix("torch."), peak_matmul_n=n)
     if count_flops:

@@ -61,6 +61,7 @@ from torch import nn
 
 from gan_style.nn.layers import FusedActivation, MeasuredNorm, WinogradCapable, activation_slope, fused_norm_available
 from gan_style.nn.narrow import narrow_kernels_available
+from gan_style.nn.tiles import tile_kernels_available
 from gan_style.nn.winograd import fused_winograd_available
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ class KernelChoice:
     conv_kernel: str = "direct"  # see gan_style.nn.layers.Conv2d.kernel
     weight_gradient: str = "direct"  # strided convolutions' weight gradient: "direct" or "measured" (per shape)
     narrow: str = "direct"  # the image-facing convolutions (a side of <= 4 channels): "direct" or "measured" (per pass)
+    # bf16 steps on a CPU with AMX (weight_gradient "measured"): the 3x3 convolutions' weight
+    # gradients by tiles in fp32 where timed faster per shape (gan_style.nn.tiles)
+    tile_gradients: bool = False
 
     @property
     def probe_ms(self) -> float:
@@ -96,7 +100,9 @@ class KernelChoice:
         convs = f"{self.conv_kernel} 3x3 and 4x4 convolutions"
         if self.conv_kernel == "winograd" and self.channels_last and fused_winograd_available():
             convs = "winograd (fused C transforms) 3x3, 4x4 and 5x5 convolutions"
-        if self.weight_gradient == "measured":
+        if self.tile_gradients:
+            convs += ", 3x3 weight gradients by AMX tiles in fp32 where timed faster"
+        elif self.weight_gradient == "measured":
             convs += ", strided weight gradients by im2col where timed faster"
         if self.narrow == "measured":
             convs += ", image-side convolutions by tap products where timed faster"
@@ -253,11 +259,17 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # The strided convolutions' weight gradients, in the same fp32 CPU steps, are timed per shape at
     # their first use (gan_style.nn.strided): oneDNN's or im2col's, whichever is faster
     weight_gradient = "measured" if winograd_possible else "direct"
+    # In bf16 steps on a CPU with AMX, the stride-1 3x3 layers' weight gradients likewise: oneDNN's
+    # in bf16 or the tile kernel's in fp32 (gan_style.nn.tiles)
+    tile_gradients = (dtype == torch.bfloat16 and device.type == "cpu" and has_winograd_layers and winograd is not False
+                      and tile_kernels_available())
+    if tile_gradients:
+        weight_gradient = "measured"
     # So are the image-facing layers' passes (gan_style.nn.narrow), where the C gathers are built:
     # oneDNN's or a GEMM over the wide side with a tap gather on the narrow one
     narrow = "measured" if winograd_possible and narrow_kernels_available() else "direct"
     return KernelChoice(channels_last, norm_kernel, {k: round(v, 2) for k, v in timings.items()}, conv_kernel, weight_gradient,
-                        narrow)
+                        narrow, tile_gradients)
 
 
 def choose_kernels(device: torch.device | str, dtype: torch.dtype, channels_last: bool | None = None, family: str = "resnet",

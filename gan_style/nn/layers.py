@@ -223,11 +223,18 @@ def _step_cast(weight: Tensor | None, x: Tensor) -> Tensor | None:
 class Conv2d(WinogradCapable, nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict keys) whose zero-padded, ungrouped forms run by
     the trainer's measured kernels (:class:`WinogradCapable`): stride 1 by Winograd in fp32 steps,
-    larger square strides with their weight gradient by im2col where faster; every other case
-    directly. In a mixed-precision step its weights' casts are the step's (:func:`weight_casts`)."""
+    larger square strides with their weight gradient by im2col where faster; in bf16 steps on a
+    CPU with AMX, the 3x3 ones without padding with their weight gradient by tiles where faster
+    (``gan_style.nn.tiles``); every other case directly. In a mixed-precision step its weights'
+    casts are the step's (:func:`weight_casts`)."""
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias = _step_cast(self.weight, x), _step_cast(self.bias, x)
+        if self.weight_gradient == "measured":
+            from gan_style.nn.tiles import tile_conv2d, tile_conv_applies  # it uses this module's layout helpers
+
+            if tile_conv_applies(self, x):
+                return tile_conv2d(x, self.weight, self.bias, weight, bias)
         if (self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
                 and self.padding[0] == self.padding[1] and self.stride[0] == self.stride[1]):
             if self.stride == (1, 1):

@@ -1,0 +1,209 @@
+/* The weight gradient of a stride-1 3x3 convolution of bf16 channels-last images, in fp32, by
+   AMX tiles (gan_style.nn.tiles): for output channel o, input channel i and tap t = (kh, kw),
+
+       dW[o][t][i] = sum over images s, output rows y < h and columns x < w of dy[s][y][x][o] x[s][y + kh][x + kw][i]
+
+   with x the (h + 2) x (w + 2) input (already padded: the convolution itself has no padding) and
+   dW in the weight's channels-last order (o, kh, kw, i). Each product is exact in fp32 and the
+   sums are fp32 (the tile unit's), so dW is the fp32 gradient the fp32 master weight takes: no
+   bf16 rounding of it and no cast back (oneDNN's bf16 weight gradient is rounded to bf16).
+
+   Per tap the sum over positions is one matrix product, dW_t = A B_t, over K = positions:
+   - A[o][p] = dy at position p = y (w + 2) + x, zero for the two columns x = w, w + 1 that a row
+     of the padded input has beyond the output's. With positions counted on the input's row width,
+     tap t reads the input rows p + kh (w + 2) + kw: a contiguous run of the (h + 2)(w + 2) x C_in
+     image, so B_t is the image itself from an offset, no gathered columns (im2col).
+   - B_t in the layout the tile unit multiplies (pairs of consecutive K rows interleaved: "VNNI"),
+     pairs from even rows; a tap at an odd offset reads A one position earlier instead.
+   A is dy transposed (K must run along A's rows) and widened; both are built once per call and
+   shared by the nine taps. K is padded with zeros to a multiple of 32 (one tile row).
+
+   Tiles: 32 x 32 blocks of dW_t in four 16 x 16 fp32 accumulators, from two 16-row tiles of A
+   and two 16-column tiles of B per 32 positions. The threads share the output channels' blocks. */
+
+#include <stdint.h>
+#include <string.h>
+
+typedef int64_t i64;
+typedef uint16_t bf16;
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+
+#include <immintrin.h>
+#include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* Ask Linux for the tile registers (their state is not given to a process unless it asks):
+   0 when granted. */
+int gs_tiles_init(void)
+{
+    return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+}
+
+struct tile_config {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t bytes_per_row[16];
+    uint8_t rows[16];
+};
+
+static inline float widen(bf16 v)
+{
+    const uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* A: c_out rows of batch x k_pad positions (dy transposed, widened, zero-padded), in blocks of
+   16 pixels x 16 channels: 32-byte runs read and written. On the way, sums[s][o] = the sum of
+   dy[s][.][.][o] in fp32 (the bias's gradient, image by image). */
+static void transposed_gradient(const bf16 *dy, bf16 *a, float *sums, i64 batch, i64 h, i64 w, i64 c_out, i64 k_pad)
+{
+    const i64 row_width = w + 2, a_row = batch * k_pad;
+    _Pragma("omp parallel for schedule(static) collapse(2)")
+    for (i64 s = 0; s < batch; s++)
+        for (i64 o0 = 0; o0 < c_out; o0 += 16) {
+            const bf16 *image = dy + s * h * w * c_out + o0;
+            bf16 *rows = a + o0 * a_row + s * k_pad;
+            float sum[16] = {0};
+            for (i64 y = 0; y < h; y++) {
+                i64 x0 = 0;
+                for (; x0 + 16 <= w; x0 += 16) {
+                    bf16 block[16][16];
+                    for (int p = 0; p < 16; p++)
+                        for (int o = 0; o < 16; o++) {
+                            block[o][p] = image[(y * w + x0 + p) * c_out + o];
+                            sum[o] += widen(block[o][p]);
+                        }
+                    for (int o = 0; o < 16; o++)
+                        memcpy(rows + o * a_row + y * row_width + x0, block[o], sizeof block[o]);
+                }
+                for (; x0 < w; x0++) /* a row's last pixels, where w is not a multiple of 16 */
+                    for (int o = 0; o < 16; o++) {
+                        rows[o * a_row + y * row_width + x0] = image[(y * w + x0) * c_out + o];
+                        sum[o] += widen(image[(y * w + x0) * c_out + o]);
+                    }
+            }
+            memcpy(sums + s * c_out + o0, sum, sizeof sum);
+            for (i64 o = 0; o < 16; o++) {
+                for (i64 y = 0; y < h; y++)
+                    rows[o * a_row + y * row_width + w] = rows[o * a_row + y * row_width + w + 1] = 0;
+                memset(rows + o * a_row + h * row_width, 0, sizeof(bf16) * (k_pad - h * row_width));
+            }
+        }
+}
+
+/* B: pairs[s][j][i][u] = x[s][2j + u][i]; rows past the image are zeros (only ever multiplied by
+   A's zero columns). */
+static void paired_rows(const bf16 *x, bf16 *pairs, i64 batch, i64 x_rows, i64 c_in, i64 pair_rows)
+{
+    _Pragma("omp parallel for schedule(static) collapse(2)")
+    for (i64 s = 0; s < batch; s++)
+        for (i64 j = 0; j < pair_rows; j++) {
+            bf16 *out = pairs + (s * pair_rows + j) * c_in * 2;
+            const bf16 *image = x + s * x_rows * c_in;
+            if (2 * j + 1 < x_rows) {
+                const bf16 *top = image + 2 * j * c_in, *bottom = top + c_in;
+                for (i64 i = 0; i < c_in; i++) {
+                    out[2 * i] = top[i];
+                    out[2 * i + 1] = bottom[i];
+                }
+            } else {
+                memset(out, 0, sizeof(bf16) * c_in * 2);
+                if (2 * j < x_rows)
+                    for (i64 i = 0; i < c_in; i++)
+                        out[2 * i] = image[2 * j * c_in + i];
+            }
+        }
+}
+
+/* x: batch x (h + 2) x (w + 2) x c_in, dy: batch x h x w x c_out (bf16, channels-last);
+   dw: c_out x 9 x c_in fp32 (written, not accumulated); db: c_out fp32, the bias's gradient
+   (sum of dy over images and pixels). c_in and c_out multiples of 32. a: c_out x batch x k_pad
+   bf16 after one element more (see below), pairs: batch x pair_rows x c_in x 2 bf16, sums: batch x
+   c_out fp32 (scratch), with k_pad = h (w + 2) rounded up to 32 and pair_rows = k_pad / 2 + w + 3.
+
+   A tap at an odd offset would start its pairs of input rows in the middle of one: it reads A one
+   position earlier instead (dW_t = sum_p A[p - 1] x[p - 1 + offset], offset - 1 even). The value
+   before each of A's rows is zero: the last position of every row is the padding column x = w + 1
+   (and before the first row, the element the caller gives more). */
+void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float *db, i64 batch, i64 h, i64 w, i64 c_in,
+                                  i64 c_out, bf16 *a_before, bf16 *pairs, float *sums, i64 k_pad, i64 pair_rows)
+{
+    const i64 row_width = w + 2, a_row = batch * k_pad;
+    bf16 *a = a_before + 1;
+    a_before[0] = 0;
+    transposed_gradient(dy, a, sums, batch, h, w, c_out, k_pad);
+    for (i64 o = 0; o < c_out; o++) {
+        db[o] = 0.0f;
+        for (i64 s = 0; s < batch; s++)
+            db[o] += sums[s * c_out + o];
+    }
+    paired_rows(x, pairs, batch, (h + 2) * row_width, c_in, pair_rows);
+    _Pragma("omp parallel")
+    {
+        struct tile_config config;
+        memset(&config, 0, sizeof config);
+        config.palette = 1;
+        for (int t = 0; t < 8; t++) { /* every tile 16 rows of 64 bytes: 16 fp32 or 32 bf16 */
+            config.rows[t] = 16;
+            config.bytes_per_row[t] = 64;
+        }
+        _tile_loadconfig(&config);
+        _Pragma("omp for schedule(static) collapse(2)")
+        for (i64 o0 = 0; o0 < c_out; o0 += 32)
+            for (int tap = 0; tap < 9; tap++) {
+                const i64 offset = (tap / 3) * row_width + tap % 3, shift = offset & 1; /* the input row of position 0 */
+                for (i64 i0 = 0; i0 < c_in; i0 += 32) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (i64 s = 0; s < batch; s++) {
+                        const bf16 *image_pairs = pairs + s * pair_rows * c_in * 2;
+                        const bf16 *a_top = a + o0 * a_row + s * k_pad - shift, *a_bottom = a_top + 16 * a_row;
+                        for (i64 k = 0; k < k_pad; k += 32) {
+                            const bf16 *b = image_pairs + ((offset - shift) / 2 + k / 2) * c_in * 2 + i0 * 2;
+                            _tile_loadd(4, a_top + k, a_row * 2);
+                            _tile_loadd(5, a_bottom + k, a_row * 2);
+                            _tile_loadd(6, b, c_in * 4);
+                            _tile_loadd(7, b + 32, c_in * 4);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
+                    }
+                    float *out = dw + (o0 * 9 + tap) * c_in + i0;
+                    const i64 stride = 9 * c_in * 4; /* bytes from one output channel to the next */
+                    _tile_stored(0, out, stride);
+                    _tile_stored(1, out + 16, stride);
+                    _tile_stored(2, out + 16 * 9 * c_in, stride);
+                    _tile_stored(3, out + 16 * 9 * c_in + 16, stride);
+                }
+            }
+        _tile_release();
+    }
+}
+
+#else /* no tile unit to compile for: the Python side then keeps PyTorch's weight gradient */
+
+int gs_tiles_init(void)
+{
+    return -1;
+}
+
+void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float *db, i64 batch, i64 h, i64 w, i64 c_in,
+                                  i64 c_out, bf16 *a_before, bf16 *pairs, float *sums, i64 k_pad, i64 pair_rows)
+{
+    (void)x, (void)dy, (void)dw, (void)db, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out, (void)a_before, (void)pairs,
+        (void)sums, (void)k_pad, (void)pair_rows;
+}
+
+#endif

@@ -1,0 +1,181 @@
+"""The bf16 3x3 weight gradient by the CPU's matrix tiles (gan_style.nn.tiles): the fp32 gradient
+of the bf16 convolution, to fp32 rounding; the layer's fp32 master weight and bias get it straight;
+it runs only where it applies and only on CPUs with AMX (skipped elsewhere, with the reason)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gan_style.engine.kernels import set_conv_kernel
+from gan_style.nn import tiles
+from gan_style.nn.layers import Conv2d, weight_casts
+from gan_style.nn.measured import MeasuredChoices
+from gan_style.nn.tiles import tile_conv_applies, tile_gradient_choices, tile_kernels_available, tile_weight_gradient
+from gan_style.nn.winograd import scratch
+
+needs_tiles = pytest.mark.skipif(not tile_kernels_available(), reason="no AMX tile unit here (amx_tile/amx_bf16), or no C compiler")
+
+#: (batch, in, out, height, width): the residual blocks' 256 channels at 32x32, two images, widths
+#: that are no multiple of 16 (a row's last pixels one by one), a single pixel, more in than out
+SHAPES = [(1, 256, 256, 32, 32), (2, 64, 96, 17, 13), (3, 32, 32, 5, 7), (2, 32, 64, 33, 40), (1, 32, 32, 1, 1), (2, 96, 32, 6, 3)]
+
+
+def _bf16(*shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator).bfloat16().contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture
+def poisoned_scratch():
+    """The scratch pool full of NaN buffers: a value the kernel reads without writing it first shows."""
+    scratch.clear()
+    scratch.give(*(torch.full((4 << 20,), float("nan"))[: (4 << 20)] for _ in range(scratch.KEPT)))
+    yield
+    scratch.clear()
+
+
+@needs_tiles
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_tile_weight_gradient_is_the_convolutions_in_fp32(shape, poisoned_scratch):
+    n, c_in, c_out, h, w = shape
+    x, grad_out = _bf16(n, c_in, h + 2, w + 2, seed=0), _bf16(n, c_out, h, w, seed=1)
+    weight = torch.zeros(c_out, c_in, 3, 3, dtype=torch.float64)
+    _, expected_weight, expected_bias = torch.ops.aten.convolution_backward(
+        grad_out.double(), x.double(), weight, [c_out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True])
+    grad_weight, grad_bias = tile_weight_gradient(x, grad_out)
+    assert grad_weight.dtype == grad_bias.dtype == torch.float32
+    assert grad_weight.shape == (c_out, c_in, 3, 3) and grad_weight.is_contiguous(memory_format=torch.channels_last)
+    # fp32 sums of exact products: ~1e-7 of the largest entry (oneDNN's bf16 result: ~3e-3)
+    for ours, expected in ((grad_weight, expected_weight), (grad_bias, expected_bias)):
+        assert torch.isfinite(ours).all()
+        assert (ours.double() - expected).abs().max() <= 2e-6 * expected.abs().max()
+
+
+@needs_tiles
+def test_wrong_shapes_are_refused():
+    with pytest.raises(ValueError, match="3x3"):
+        tile_weight_gradient(_bf16(1, 32, 10, 10, seed=0), _bf16(1, 32, 9, 9, seed=1))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        tile_weight_gradient(_bf16(1, 48, 10, 10, seed=0), _bf16(1, 32, 8, 8, seed=1))
+
+
+def _layer_gradients(conv, x, uses=1):
+    """The gradients of conv's weight and bias and of x, through ``uses`` uses of conv in one bf16
+    step (a generator's forward and its encoder pass), and the outputs."""
+    conv.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    outputs = []
+    with weight_casts(torch.bfloat16), torch.autocast("cpu", dtype=torch.bfloat16):
+        for use in range(uses):
+            outputs.append(conv(x if use == 0 else F.pad(outputs[-1].float(), (1,) * 4, mode="reflect")))
+    loss = sum(out.float().square().mean() * (i + 1) for i, out in enumerate(outputs))
+    loss.backward()
+    return conv.weight.grad, conv.bias.grad, x.grad, outputs
+
+
+@needs_tiles
+@pytest.mark.parametrize("uses", [1, 2])
+def test_a_layer_gives_its_fp32_master_the_gradient_of_its_bf16_convolution(uses, monkeypatch):
+    torch.manual_seed(0)
+    conv = Conv2d(64, 64, 3).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 64, 12, 12).contiguous(memory_format=torch.channels_last)
+    conv.weight_gradient = "direct"
+    direct = _layer_gradients(conv, x, uses)
+    conv.weight_gradient = "measured"
+    monkeypatch.setattr(MeasuredChoices, "verdict", lambda self, direct_ms, other_ms: self.alternative)  # the tiles, whatever the timings
+    tiles.verdicts.forget()
+    assert tile_conv_applies(conv, x) is False  # outside autocast: PyTorch's convolution
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tile_conv_applies(conv, x)
+    tiled = _layer_gradients(conv, x, uses)
+    assert tile_gradient_choices() and all(v["kernel"] == "tiles" for v in tile_gradient_choices().values())
+    for out_direct, out_tiled in zip(direct[3], tiled[3], strict=True):  # the forward: PyTorch's on the same bf16 cast
+        assert torch.equal(out_direct, out_tiled)
+    # the input gradient is PyTorch's; the weight's and bias's are fp32 sums (PyTorch's bf16 ones
+    # are rounded to bf16 and summed over the uses in bf16)
+    torch.testing.assert_close(tiled[2], direct[2], rtol=0, atol=0)
+    for ours, theirs in zip(tiled[:2], direct[:2], strict=True):
+        assert ours.dtype == torch.float32 and ours.stride() == theirs.stride()
+        torch.testing.assert_close(ours, theirs, rtol=1e-2, atol=1e-2 * theirs.abs().max().item())
+    tiles.verdicts.forget()
+
+
+@needs_tiles
+def test_a_gradient_penalty_through_the_layer_is_differentiated(monkeypatch):
+    """create_graph (R1): the backward is PyTorch's, which autograd differentiates once more."""
+    monkeypatch.setattr(MeasuredChoices, "verdict", lambda self, direct_ms, other_ms: self.alternative)
+    tiles.verdicts.forget()
+    torch.manual_seed(0)
+    conv = Conv2d(32, 32, 3).to(memory_format=torch.channels_last)
+    conv.weight_gradient = "measured"
+    x = torch.randn(1, 32, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    (grad_x,) = torch.autograd.grad(out.float().square().sum(), x, create_graph=True)
+    grad_x.square().sum().backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all() and conv.weight.grad.abs().sum() > 0
+    tiles.verdicts.forget()
+
+
+def test_only_the_layers_it_is_for_apply():
+    x = torch.randn(1, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not tile_conv_applies(Conv2d(32, 32, 3, padding=1), x)  # its own zero padding
+        assert not tile_conv_applies(Conv2d(32, 32, 3, stride=2), x)
+        assert not tile_conv_applies(Conv2d(32, 32, 4), x)
+        assert not tile_conv_applies(Conv2d(32, 48, 3), x)  # channels not in 32s
+        assert not tile_conv_applies(Conv2d(32, 32, 3), x.contiguous())  # not channels-last
+        frozen = Conv2d(32, 32, 3).requires_grad_(False)
+        assert not tile_conv_applies(frozen, x)
+        with torch.no_grad():
+            assert not tile_conv_applies(Conv2d(32, 32, 3), x)
+        assert tile_conv_applies(Conv2d(32, 32, 3), x) == tile_kernels_available()
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not tile_conv_applies(Conv2d(32, 32, 3), x)
+
+
+@needs_tiles
+def test_a_bf16_training_step_takes_its_residual_weight_gradients_from_the_tiles(monkeypatch):
+    """FastCUT at ngf 8 (32-channel residual blocks) in bf16: the trainer chooses the measured 3x3
+    weight gradients, the step runs the residual layers by tiles, and G's optimiser gets the
+    gradients PyTorch's backward gives, up to PyTorch's bf16 rounding of them."""
+    from gan_style.engine import optimizers
+    from gan_style.engine.contract import config_from_overrides
+    from gan_style.engine.trainer import Trainer
+    from gan_style.methods import get_method
+
+    monkeypatch.setattr(MeasuredChoices, "verdict", lambda self, direct_ms, other_ms: self.alternative)
+    tiles.verdicts.forget()
+    stepped: list[dict[int, torch.Tensor]] = []
+    adam_step = optimizers.Adam.step
+
+    def recording_step(self, closure=None):
+        stepped.append({id(p): p.grad.clone() for group in self.param_groups for p in group["params"] if p.grad is not None})
+        return adam_step(self, closure)
+
+    monkeypatch.setattr(optimizers.Adam, "step", recording_step)
+    method = get_method("fastcut")
+    settings = {"ngf": 8, "train.mixed_precision": "bf16", "train.precision_fallback": False, "flip_equivariance": False}
+    grads = {}
+    for kernel in ("measured", "direct"):
+        trainer = Trainer(method(config_from_overrides(method, "smoke", settings)), show_progress=False)
+        assert trainer.kernels.tile_gradients and trainer.kernels.weight_gradient == "measured"
+        if kernel == "direct":
+            for net in trainer.networks.values():
+                set_conv_kernel(net, trainer.kernels.conv_kernel, "direct")
+        stepped.clear()
+        logs = trainer.train_step(trainer.method.synthetic_batch(32, 1, torch.Generator().manual_seed(0)))
+        assert all(torch.isfinite(v).all() for v in logs.values())
+        generator_step = next(step for step in stepped if id(next(trainer.unwrapped("G").parameters())) in step)
+        grads[kernel] = {name: generator_step[id(p)] for name, p in trainer.unwrapped("G").named_parameters()}
+        if kernel == "measured":
+            shapes = tile_gradient_choices()
+            assert shapes and all(v["kernel"] == "tiles" for v in shapes.values())
+    residual = [name for name in grads["measured"] if ".conv_block." in name]
+    assert residual
+    for name, ours in grads["measured"].items():
+        theirs = grads["direct"][name]
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-2 * theirs.abs().max().item(), msg=name)
+    tiles.verdicts.forget()
