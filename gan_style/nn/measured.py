@@ -41,10 +41,10 @@ def best_of_alternating(candidates: Mapping[str, Callable[[], object]], rounds: 
 
 class MeasuredChoices:
     """The verdicts of one kind of choice: ``alternative`` names the other way, ``describe`` turns
-    a key into the text ``listing`` shows."""
+    a key into the text ``listing`` shows, ``rounds`` how many times each way runs to be timed."""
 
-    def __init__(self, alternative: str, describe: Callable[[Hashable], str]):
-        self.alternative, self.describe = alternative, describe
+    def __init__(self, alternative: str, describe: Callable[[Hashable], str], rounds: int = 2):
+        self.alternative, self.describe, self.rounds = alternative, describe, rounds
         self._timings: dict[Hashable, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
@@ -53,10 +53,10 @@ class MeasuredChoices:
 
     def run(self, key: Hashable, direct: Callable[[], T], alternative: Callable[[], T]) -> T:
         """``direct()`` or ``alternative()``, whichever this key's first run timed faster (both run
-        twice then, alternating, and the faster once more for the result)."""
+        ``rounds`` times then, alternating, and the faster once more for the result)."""
         timings = self._timings.get(key)
         if timings is None:
-            measured = best_of_alternating({"direct": direct, self.alternative: alternative})
+            measured = best_of_alternating({"direct": direct, self.alternative: alternative}, self.rounds)
             timings = measured["direct"], measured[self.alternative]
             with self._lock:
                 self._timings[key] = timings

@@ -69,8 +69,9 @@ def _describe(key: tuple) -> str:
     return f"{n}x{c_in}x{h}x{w} -> {c_out}, 3x3, bf16, {threads} threads"
 
 
-#: per shape: PyTorch's whole backward ("direct") or its input gradient with the weight's by tiles
-verdicts = MeasuredChoices("tiles", _describe)
+#: per shape: PyTorch's whole backward ("direct") or its input gradient with the weight's by tiles;
+#: five rounds each (a layer's backward is 2-5 ms: two rounds chose either way by chance)
+verdicts = MeasuredChoices("tiles", _describe, rounds=5)
 
 
 def tile_gradient_choices() -> dict[str, dict[str, float | str]]:
@@ -116,27 +117,32 @@ class _TileConv(torch.autograd.Function):
         needs = conv_gradients_needed(ctx)
         grad_out = grad_out.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled():  # create_graph (R1): PyTorch's backward, which autograd differentiates
-            grads = pytorch_conv_backward(grad_out, x, weight_cast, needs)
+            grads = _for_masters(*pytorch_conv_backward(grad_out, x, weight_cast, needs))
         elif needs[1]:
             key = (tuple(x.shape), weight_cast.shape[0], torch.get_num_threads())
             grads = verdicts.run(key, *(functools.partial(_backward, kernel, grad_out, x, weight_cast, needs) for kernel in ("direct", "tiles")))
         else:
             grads = _backward("direct", grad_out, x, weight_cast, needs)
-        grad_input, grad_weight, grad_bias = grads
-        return (grad_input, None if grad_weight is None else grad_weight.float(), None if grad_bias is None else grad_bias.float(),
-                None, None)
+        return (*grads, None, None)
 
 
 def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight_cast: Tensor, needs: tuple[bool, bool, bool]
               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The gradients by ``kernel``: "direct", PyTorch's whole backward (bf16); "tiles", PyTorch's
-    input gradient with the weight's by :func:`tile_weight_gradient` and the bias's as dL/dy summed
-    in fp32 (PyTorch's, asked for the bias's alone, computes the weight's anyway: gan_style.nn.strided)."""
+    """The gradients by ``kernel``, the weight's and bias's in fp32 for the masters: "direct", PyTorch's
+    whole backward in bf16, cast (within what the first use times, as autocast's cast back is part of
+    that way's cost); "tiles", PyTorch's input gradient with the weight's and bias's by
+    :func:`tile_weight_gradient` (PyTorch's, asked for the bias's alone, computes the weight's
+    anyway: gan_style.nn.strided)."""
     if kernel == "direct":
-        return pytorch_conv_backward(grad_out, x, weight_cast, needs)
+        return _for_masters(*pytorch_conv_backward(grad_out, x, weight_cast, needs))
     grad_input = pytorch_conv_backward(grad_out, x, weight_cast, (True, False, False))[0] if needs[0] else None
     grad_weight, grad_bias = tile_weight_gradient(x, grad_out)
     return grad_input, grad_weight, grad_bias if needs[2] else None
+
+
+def _for_masters(grad_input: Tensor | None, grad_weight: Tensor | None, grad_bias: Tensor | None) -> tuple[Tensor | None, ...]:
+    """PyTorch's bf16 gradients with the weight's and bias's cast for the fp32 masters."""
+    return grad_input, *(None if grad is None else grad.float() for grad in (grad_weight, grad_bias))
 
 
 def tile_weight_gradient(x: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
