@@ -54,11 +54,28 @@ def test_the_tile_weight_gradient_is_the_convolutions_in_fp32(shape, poisoned_sc
 
 
 @needs_tiles
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_tile_input_gradient_is_the_convolutions_rounded_once(shape, poisoned_scratch):
+    n, c_in, c_out, h, w = shape
+    grad_out, weight = _bf16(n, c_out, h, w, seed=1), _bf16(c_out, c_in, 3, 3, seed=2)
+    x = torch.zeros(n, c_in, h + 2, w + 2, dtype=torch.float64)
+    expected = torch.ops.aten.convolution_backward(grad_out.double(), x, weight.double(), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                                   [True, False, False])[0]
+    grad_input = tiles.tile_input_gradient(grad_out, weight)
+    assert grad_input.dtype == torch.bfloat16 and grad_input.shape == x.shape
+    assert grad_input.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(grad_input).all()
+    # each value its fp32 sum rounded to bf16 once: within half a bf16 step (2^-8 of itself)
+    assert ((grad_input.double() - expected).abs() <= 2**-8 * expected.abs() + 1e-6 * expected.abs().max()).all()
+
+
+@needs_tiles
 def test_wrong_shapes_are_refused():
     with pytest.raises(ValueError, match="3x3"):
         tile_weight_gradient(_bf16(1, 32, 10, 10, seed=0), _bf16(1, 32, 9, 9, seed=1))
     with pytest.raises(ValueError, match="multiples of 32"):
         tile_weight_gradient(_bf16(1, 48, 10, 10, seed=0), _bf16(1, 32, 8, 8, seed=1))
+    with pytest.raises(ValueError, match="3x3"):
+        tiles.tile_input_gradient(_bf16(1, 32, 8, 8, seed=0), _bf16(32, 32, 4, 4, seed=1))
 
 
 def _layer_gradients(conv, x, uses=1):
@@ -93,9 +110,11 @@ def test_a_layer_gives_its_fp32_master_the_gradient_of_its_bf16_convolution(uses
     assert tile_gradient_choices() and all(v["kernel"] == "tiles" for v in tile_gradient_choices().values())
     for out_direct, out_tiled in zip(direct[3], tiled[3], strict=True):  # the forward: PyTorch's on the same bf16 cast
         assert torch.equal(out_direct, out_tiled)
-    # the input gradient is PyTorch's; the weight's and bias's are fp32 sums (PyTorch's bf16 ones
-    # are rounded to bf16 and summed over the uses in bf16)
-    torch.testing.assert_close(tiled[2], direct[2], rtol=0, atol=0)
+    # the input gradient: fp32 sums rounded to bf16 once, as PyTorch's (the same but for the
+    # rounding of a sum now and then: here 2 of 18432 values by one bf16 step); the weight's and
+    # bias's: fp32 (PyTorch's are rounded to bf16 and summed over the uses in bf16)
+    assert tiled[2].dtype == direct[2].dtype == torch.float32
+    torch.testing.assert_close(tiled[2], direct[2], rtol=8e-3, atol=1e-3 * direct[2].abs().max().item())
     for ours, theirs in zip(tiled[:2], direct[:2], strict=True):
         assert ours.dtype == torch.float32 and ours.stride() == theirs.stride()
         torch.testing.assert_close(ours, theirs, rtol=1e-2, atol=1e-2 * theirs.abs().max().item())
@@ -175,7 +194,11 @@ def test_a_bf16_training_step_takes_its_residual_weight_gradients_from_the_tiles
             assert shapes and all(v["kernel"] == "tiles" for v in shapes.values())
     residual = [name for name in grads["measured"] if ".conv_block." in name]
     assert residual
+    # The weights' gradients agree to bf16's rounding (~1 % here, as it reaches them through the
+    # network); the biases of convolutions followed by an instance norm are left out: their
+    # gradient is zero, and both ways give only rounding noise
     for name, ours in grads["measured"].items():
-        theirs = grads["direct"][name]
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-2 * theirs.abs().max().item(), msg=name)
+        if name.endswith(".weight"):
+            theirs = grads["direct"][name]
+            assert (ours - theirs).norm() <= 3e-2 * theirs.norm(), name
     tiles.verdicts.forget()

@@ -192,11 +192,119 @@ void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, floa
     }
 }
 
+/* The input gradient of the same convolution, over the padded input's (h + 2) x (w + 2) pixels:
+
+       dx[s][P][i] = sum over taps t and output channels o of D[s][P + 2 (w + 2) + 2 - offset_t][o] W_t[o][i]
+
+   with D = dy on a grid of the input's row width with two zero rows above and below and two zero
+   columns to the left of each row (so a pixel whose tap falls outside dy reads a zero), and W_t
+   packed as pairs of output channels ("VNNI": packed[t][o/2][i][o % 2], made by the caller once
+   per weight: gs_tile_pack_weight_bf16). A tiles are 16 consecutive rows of D, straight from it.
+   Blocks of 32 pixels x 32 input channels, fp32 sums, rounded to bf16 once (to nearest even). */
+void gs_tile_pack_weight_bf16(const bf16 *weight, bf16 *packed, i64 c_in, i64 c_out)
+{
+    _Pragma("omp parallel for schedule(static) collapse(2)")
+    for (int tap = 0; tap < 9; tap++)
+        for (i64 j = 0; j < c_out / 2; j++) {
+            const bf16 *top = weight + ((2 * j) * 9 + tap) * c_in, *bottom = top + 9 * c_in;
+            bf16 *out = packed + (tap * (c_out / 2) + j) * c_in * 2;
+            for (i64 i = 0; i < c_in; i++) {
+                out[2 * i] = top[i];
+                out[2 * i + 1] = bottom[i];
+            }
+        }
+}
+
+static inline bf16 round_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (bf16)((u >> 16) | 0x40u);
+    return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* d: batch x d_rows x c_out bf16 scratch, d_rows = (h + 4)(w + 2) + w + 2 + 64 (room for the last
+   block's reads); dx: batch x (h + 2)(w + 2) x c_in bf16 (written). */
+void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out,
+                                 bf16 *d, i64 d_rows)
+{
+    const i64 row_width = w + 2, pixels = (h + 2) * row_width, blocks = (pixels + 31) / 32;
+    _Pragma("omp parallel for schedule(static) collapse(2)")
+    for (i64 s = 0; s < batch; s++)
+        for (i64 r = 0; r < d_rows; r++) {
+            bf16 *row = d + (s * d_rows + r) * c_out;
+            const i64 y = r / row_width - 2, x = r % row_width - 2;
+            if (y >= 0 && y < h && x >= 0 && x < w)
+                memcpy(row, dy + ((s * h + y) * w + x) * c_out, sizeof(bf16) * c_out);
+            else
+                memset(row, 0, sizeof(bf16) * c_out);
+        }
+    _Pragma("omp parallel")
+    {
+        struct tile_config config;
+        memset(&config, 0, sizeof config);
+        config.palette = 1;
+        for (int t = 0; t < 8; t++) {
+            config.rows[t] = 16;
+            config.bytes_per_row[t] = 64;
+        }
+        _tile_loadconfig(&config);
+        float sums[32][32];
+        _Pragma("omp for schedule(static) collapse(3)")
+        for (i64 s = 0; s < batch; s++)
+            for (i64 block = 0; block < blocks; block++)
+                for (i64 i0 = 0; i0 < c_in; i0 += 32) {
+                    const i64 p0 = block * 32;
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int tap = 0; tap < 9; tap++) {
+                        const bf16 *a = d + (s * d_rows + p0 + 2 * row_width + 2 - ((tap / 3) * row_width + tap % 3)) * c_out;
+                        const bf16 *b_tap = packed + (i64)tap * (c_out / 2) * c_in * 2;
+                        for (i64 o0 = 0; o0 < c_out; o0 += 32) {
+                            const bf16 *b = b_tap + ((o0 / 2) * c_in + i0) * 2;
+                            _tile_loadd(4, a + o0, c_out * 2);
+                            _tile_loadd(5, a + 16 * c_out + o0, c_out * 2);
+                            _tile_loadd(6, b, c_in * 4);
+                            _tile_loadd(7, b + 32, c_in * 4);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
+                    }
+                    _tile_stored(0, &sums[0][0], 32 * 4);
+                    _tile_stored(1, &sums[0][16], 32 * 4);
+                    _tile_stored(2, &sums[16][0], 32 * 4);
+                    _tile_stored(3, &sums[16][16], 32 * 4);
+                    for (i64 p = 0; p < 32 && p0 + p < pixels; p++) {
+                        bf16 *out = dx + (s * pixels + p0 + p) * c_in + i0;
+                        for (int i = 0; i < 32; i++)
+                            out[i] = round_to_bf16(sums[p][i]);
+                    }
+                }
+        _tile_release();
+    }
+}
+
 #else /* no tile unit to compile for: the Python side then keeps PyTorch's weight gradient */
 
 int gs_tiles_init(void)
 {
     return -1;
+}
+
+void gs_tile_pack_weight_bf16(const bf16 *weight, bf16 *packed, i64 c_in, i64 c_out)
+{
+    (void)weight, (void)packed, (void)c_in, (void)c_out;
+}
+
+void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out,
+                                 bf16 *d, i64 d_rows)
+{
+    (void)dy, (void)packed, (void)dx, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out, (void)d, (void)d_rows;
 }
 
 void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float *db, i64 batch, i64 h, i64 w, i64 c_in,

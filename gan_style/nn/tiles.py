@@ -51,6 +51,10 @@ def _library() -> ctypes.CDLL | None:
         return None
     library.gs_tile_weight_gradient_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
     library.gs_tile_weight_gradient_bf16.restype = None
+    library.gs_tile_pack_weight_bf16.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2
+    library.gs_tile_pack_weight_bf16.restype = None
+    library.gs_tile_input_gradient_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64]
+    library.gs_tile_input_gradient_bf16.restype = None
     if library.gs_tiles_init() != 0:  # not compiled for tiles, or Linux did not grant them
         log.info("the CPU's matrix tiles are not usable here: bf16 weight gradients stay PyTorch's")
         return None
@@ -135,7 +139,7 @@ def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight_cast: Tensor, nee
     anyway: gan_style.nn.strided)."""
     if kernel == "direct":
         return _for_masters(*pytorch_conv_backward(grad_out, x, weight_cast, needs))
-    grad_input = pytorch_conv_backward(grad_out, x, weight_cast, (True, False, False))[0] if needs[0] else None
+    grad_input = tile_input_gradient(grad_out, weight_cast) if needs[0] else None
     grad_weight, grad_bias = tile_weight_gradient(x, grad_out)
     return grad_input, grad_weight, grad_bias if needs[2] else None
 
@@ -143,6 +147,29 @@ def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight_cast: Tensor, nee
 def _for_masters(grad_input: Tensor | None, grad_weight: Tensor | None, grad_bias: Tensor | None) -> tuple[Tensor | None, ...]:
     """PyTorch's bf16 gradients with the weight's and bias's cast for the fp32 masters."""
     return grad_input, *(None if grad is None else grad.float() for grad in (grad_weight, grad_bias))
+
+
+def tile_input_gradient(grad_out: Tensor, weight: Tensor) -> Tensor:
+    """dL/dx (bf16, channels-last, the padded input's size) of ``F.conv2d(x, weight)`` for a stride-1
+    3x3 convolution without padding, given dL/dy; ``grad_out`` and ``weight`` bf16 channels-last,
+    their channels multiples of 32; by the tile kernel (fp32 sums, rounded once)."""
+    n, c_out, h, w = grad_out.shape
+    c_in = weight.shape[1]
+    if weight.shape != (c_out, c_in, 3, 3) or c_in % TILE_CHANNELS or c_out % TILE_CHANNELS:
+        raise ValueError(f"tile input gradient: weight {tuple(weight.shape)} and output gradient {tuple(grad_out.shape)} are not a 3x3 "
+                         f"convolution's with channels in multiples of {TILE_CHANNELS}")
+    d_rows = (h + 4) * (w + 2) + w + 2 + 64  # dL/dy on the input's grid, and room for the last block's reads
+    buffers = [scratch.take(-(-numel // 2)) for numel in (9 * c_out * c_in, n * d_rows * c_out)]
+    packed, grid = (buffer.view(torch.bfloat16) for buffer in buffers)
+    grad_input = torch.empty(n, c_in, h + 2, w + 2, dtype=torch.bfloat16, memory_format=torch.channels_last)
+    weight = weight.contiguous(memory_format=torch.channels_last)
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    library = _library()
+    library.gs_tile_pack_weight_bf16(weight.data_ptr(), packed.data_ptr(), c_in, c_out)
+    library.gs_tile_input_gradient_bf16(grad_out.data_ptr(), packed.data_ptr(), grad_input.data_ptr(), n, h, w, c_in, c_out,
+                                        grid.data_ptr(), d_rows)
+    scratch.give(*buffers)
+    return grad_input
 
 
 def tile_weight_gradient(x: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
