@@ -62,7 +62,8 @@ class TrainConfig:
     # (direct: ~2e-6); with the fused C transforms also the 5x5 ones by F(4x4, 5x5): 6.25x fewer, ~1e-5.
     # "auto": where measured faster at start; false: PyTorch's direct convolutions throughout.
     # Unless false, the strided convolutions' weight gradients of those steps run by im2col where
-    # timed faster for their shape at first use (gan_style.nn.strided).
+    # timed faster for their shape at first use (gan_style.nn.strided), and in bf16 steps on a CPU
+    # with AMX the unpadded stride-1 3x3 layers' backward by tiles where so timed (gan_style.nn.tiles).
     winograd: bool | Literal["auto"] = "auto"
     compile: bool = False
     # After each optimisation phase on the CPU, hand the C heap's free pages back to the system
