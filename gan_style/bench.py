@@ -197,7 +197,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     narrow = narrow_choices()  # the image-facing layers' passes, likewise
     if narrow:
         result["narrow_convolutions"] = narrow
-    tiles = tile_gradient_choices()  # the 3x3 layers' weight gradients of bf16 steps on a CPU with AMX, likewise
+    tiles = tile_gradient_choices()  # the 3x3 layers' backward in bf16 steps on a CPU with AMX, likewise
     if tiles:
         result["tile_weight_gradients"] = tiles
     if trainer.device.type == "cuda":

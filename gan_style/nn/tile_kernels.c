@@ -1,5 +1,7 @@
-/* The weight gradient of a stride-1 3x3 convolution of bf16 channels-last images, in fp32, by
-   AMX tiles (gan_style.nn.tiles): for output channel o, input channel i and tap t = (kh, kw),
+/* The backward of a stride-1 3x3 convolution of bf16 channels-last images by AMX tiles
+   (gan_style.nn.tiles): its weight gradient in fp32 (gs_tile_weight_gradient_bf16, here) and its
+   input gradient in bf16 (gs_tile_input_gradient_bf16, further down). For output channel o, input
+   channel i and tap t = (kh, kw),
 
        dW[o][t][i] = sum over images s, output rows y < h and columns x < w of dy[s][y][x][o] x[s][y + kh][x + kw][i]
 
@@ -23,6 +25,8 @@
 
 #include <stdint.h>
 #include <string.h>
+
+/* bf16_load and bf16_store: bf16.h, which the loader puts in front of this file. */
 
 typedef int64_t i64;
 typedef uint16_t bf16;
@@ -52,12 +56,17 @@ struct tile_config {
     uint8_t rows[16];
 };
 
-static inline float widen(bf16 v)
+/* This thread's eight tiles, each 16 rows of 64 bytes: 16 fp32 or 32 bf16 values a row. */
+static void configure_tiles(void)
 {
-    const uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    struct tile_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        config.rows[t] = 16;
+        config.bytes_per_row[t] = 64;
+    }
+    _tile_loadconfig(&config);
 }
 
 /* A: c_out rows of batch x k_pad positions (dy transposed, widened, zero-padded), in blocks of
@@ -79,7 +88,7 @@ static void transposed_gradient(const bf16 *dy, bf16 *a, float *sums, i64 batch,
                     for (int p = 0; p < 16; p++)
                         for (int o = 0; o < 16; o++) {
                             block[o][p] = image[(y * w + x0 + p) * c_out + o];
-                            sum[o] += widen(block[o][p]);
+                            sum[o] += bf16_load(block[o][p]);
                         }
                     for (int o = 0; o < 16; o++)
                         memcpy(rows + o * a_row + y * row_width + x0, block[o], sizeof block[o]);
@@ -87,7 +96,7 @@ static void transposed_gradient(const bf16 *dy, bf16 *a, float *sums, i64 batch,
                 for (; x0 < w; x0++) /* a row's last pixels, where w is not a multiple of 16 */
                     for (int o = 0; o < 16; o++) {
                         rows[o * a_row + y * row_width + x0] = image[(y * w + x0) * c_out + o];
-                        sum[o] += widen(image[(y * w + x0) * c_out + o]);
+                        sum[o] += bf16_load(image[(y * w + x0) * c_out + o]);
                     }
             }
             memcpy(sums + s * c_out + o0, sum, sizeof sum);
@@ -148,14 +157,7 @@ void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, floa
     paired_rows(x, pairs, batch, (h + 2) * row_width, c_in, pair_rows);
     _Pragma("omp parallel")
     {
-        struct tile_config config;
-        memset(&config, 0, sizeof config);
-        config.palette = 1;
-        for (int t = 0; t < 8; t++) { /* every tile 16 rows of 64 bytes: 16 fp32 or 32 bf16 */
-            config.rows[t] = 16;
-            config.bytes_per_row[t] = 64;
-        }
-        _tile_loadconfig(&config);
+        configure_tiles();
         _Pragma("omp for schedule(static) collapse(2)")
         for (i64 o0 = 0; o0 < c_out; o0 += 32)
             for (int tap = 0; tap < 9; tap++) {
@@ -215,15 +217,6 @@ void gs_tile_pack_weight_bf16(const bf16 *weight, bf16 *packed, i64 c_in, i64 c_
         }
 }
 
-static inline bf16 round_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (bf16)((u >> 16) | 0x40u);
-    return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 /* d: batch x d_rows x c_out bf16 scratch, d_rows = (h + 4)(w + 2) + w + 2 + 64 (room for the last
    block's reads); dx: batch x (h + 2)(w + 2) x c_in bf16 (written). */
 void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out,
@@ -242,14 +235,7 @@ void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i
         }
     _Pragma("omp parallel")
     {
-        struct tile_config config;
-        memset(&config, 0, sizeof config);
-        config.palette = 1;
-        for (int t = 0; t < 8; t++) {
-            config.rows[t] = 16;
-            config.bytes_per_row[t] = 64;
-        }
-        _tile_loadconfig(&config);
+        configure_tiles();
         float sums[32][32];
         _Pragma("omp for schedule(static) collapse(3)")
         for (i64 s = 0; s < batch; s++)
@@ -282,7 +268,7 @@ void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i
                     for (i64 p = 0; p < 32 && p0 + p < pixels; p++) {
                         bf16 *out = dx + (s * pixels + p0 + p) * c_in + i0;
                         for (int i = 0; i < 32; i++)
-                            out[i] = round_to_bf16(sums[p][i]);
+                            out[i] = bf16_store(sums[p][i]);
                     }
                 }
         _tile_release();

@@ -1,22 +1,25 @@
-"""The weight gradient of bf16 stride-1 3x3 convolutions by the CPU's matrix tiles (AMX), in fp32,
-where measured faster, for mixed-precision steps on CPUs that have them.
+"""The backward of bf16 stride-1 3x3 convolutions by the CPU's matrix tiles (AMX): the weight
+gradient in fp32, the input gradient in bf16, where measured faster, for mixed-precision steps on
+CPUs that have them.
 
 Why: in a bf16 step PyTorch's convolution backward (oneDNN) computes a 256-channel residual
 layer's weight gradient at batch 1 at half its forward's speed (1.13 against 0.55 ms at 32x32 on
 a 2-core AMX Xeon), reorders it out of oneDNN's blocked layout and copies it to channels-last
-(0.25 ms), and the step then sums the bf16 gradients of a weight's uses and casts them to fp32
-(0.4 ms): a bf16 FastCUT step spent 50 ms there (docs/speed.md, sessions s and t). The C kernel
-(``tile_kernels.c``) writes the fp32 gradient straight in the master weight's channels-last
-layout, each product exact and every sum fp32 (oneDNN's bf16 result is rounded to bf16: ~3e-3 of
-its largest entry against float64, here ~3e-7).
+(0.25 ms); its input gradient reorders the weight again, out of cache (0.32 ms); and the step then
+sums the bf16 weight gradients of a weight's uses and casts them to fp32 (0.4 ms). The C kernels
+(``tile_kernels.c``) write the weight gradient in fp32 straight in the master weight's
+channels-last layout, each product exact and every sum fp32 (oneDNN's bf16 result is rounded to
+bf16: ~3e-3 of its largest entry against float64, here ~2e-7), and the input gradient from a
+weight packed by the kernel, fp32 sums rounded to bf16 once as oneDNN's are. A bf16 FastCUT step:
+0.94 of the time (docs/speed.md, session s).
 
 A layer that qualifies (:func:`tile_conv_applies`: a :class:`~gan_style.nn.layers.Conv2d` with a
 3x3 kernel, stride 1, no padding of its own (the residual blocks' reflection pads come before
 it), channels multiples of 32, a channels-last bf16 input under CPU autocast, a weight that needs
-its gradient) runs its forward and input gradient by PyTorch, on the bf16 cast of its weight, and
-hands autograd the fp32 gradients of the weight and bias themselves. Each shape's backward is
-timed both ways at its first use (:data:`verdicts`, ``tile_gradient_choices``) and the faster
-runs from then on. A gradient penalty through the layer (``create_graph``) gets PyTorch's backward.
+its gradient) runs its forward by PyTorch on the bf16 cast of its weight and hands autograd the
+fp32 gradients of the weight and bias themselves. Each shape's backward is timed both ways at its
+first use (:data:`verdicts`, ``tile_gradient_choices``) and the faster runs from then on. A
+gradient penalty through the layer (``create_graph``) gets PyTorch's backward.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 
 from gan_style.nn.layers import autocast_on, conv_gradients_needed, is_channels_last, pytorch_conv_backward
 from gan_style.nn.measured import MeasuredChoices
-from gan_style.nn.native import compile_library
+from gan_style.nn.native import c_source, compile_library
 from gan_style.nn.winograd import scratch
 
 log = logging.getLogger(__name__)
@@ -44,9 +47,7 @@ TILE_CHANNELS = 32
 def _library() -> ctypes.CDLL | None:
     if not (hasattr(torch.cpu, "_is_amx_tile_supported") and torch.cpu._is_amx_tile_supported()):
         return None
-    from pathlib import Path
-
-    library = compile_library("tile_kernels", Path(__file__).with_name("tile_kernels.c").read_text())
+    library = compile_library("tile_kernels", c_source("bf16.h", "tile_kernels.c"))
     if library is None:
         return None
     library.gs_tile_weight_gradient_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
@@ -73,7 +74,7 @@ def _describe(key: tuple) -> str:
     return f"{n}x{c_in}x{h}x{w} -> {c_out}, 3x3, bf16, {threads} threads"
 
 
-#: per shape: PyTorch's whole backward ("direct") or its input gradient with the weight's by tiles;
+#: per shape: PyTorch's whole backward ("direct") or the tile kernels' ("tiles");
 #: five rounds each (a layer's backward is 2-5 ms: two rounds chose either way by chance)
 verdicts = MeasuredChoices("tiles", _describe, rounds=5)
 
@@ -134,9 +135,8 @@ def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight_cast: Tensor, nee
               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The gradients by ``kernel``, the weight's and bias's in fp32 for the masters: "direct", PyTorch's
     whole backward in bf16, cast (within what the first use times, as autocast's cast back is part of
-    that way's cost); "tiles", PyTorch's input gradient with the weight's and bias's by
-    :func:`tile_weight_gradient` (PyTorch's, asked for the bias's alone, computes the weight's
-    anyway: gan_style.nn.strided)."""
+    that way's cost); "tiles", the input gradient by :func:`tile_input_gradient` and the weight's
+    and bias's by :func:`tile_weight_gradient`."""
     if kernel == "direct":
         return _for_masters(*pytorch_conv_backward(grad_out, x, weight_cast, needs))
     grad_input = tile_input_gradient(grad_out, weight_cast) if needs[0] else None
