@@ -69,6 +69,21 @@ static void configure_tiles(void)
     _tile_loadconfig(&config);
 }
 
+/* Accumulators (tiles 0-3) += the 32 x 32 product of two 16-row tiles of A (a_top, a_bottom; rows
+   a_stride bytes apart) and two 16-column tiles of B (b and b + 32 values; rows b_stride bytes
+   apart), K = 32: the one step of both kernels. */
+static inline void accumulate_block(const bf16 *a_top, const bf16 *a_bottom, i64 a_stride, const bf16 *b, i64 b_stride)
+{
+    _tile_loadd(4, a_top, a_stride);
+    _tile_loadd(5, a_bottom, a_stride);
+    _tile_loadd(6, b, b_stride);
+    _tile_loadd(7, b + 32, b_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+}
+
 /* A: c_out rows of batch x k_pad positions (dy transposed, widened, zero-padded), in blocks of
    16 pixels x 16 channels: 32-byte runs read and written. On the way, sums[s][o] = the sum of
    dy[s][.][.][o] in fp32 (the bias's gradient, image by image). */
@@ -170,17 +185,9 @@ void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, floa
                     for (i64 s = 0; s < batch; s++) {
                         const bf16 *image_pairs = pairs + s * pair_rows * c_in * 2;
                         const bf16 *a_top = a + o0 * a_row + s * k_pad - shift, *a_bottom = a_top + 16 * a_row;
-                        for (i64 k = 0; k < k_pad; k += 32) {
-                            const bf16 *b = image_pairs + ((offset - shift) / 2 + k / 2) * c_in * 2 + i0 * 2;
-                            _tile_loadd(4, a_top + k, a_row * 2);
-                            _tile_loadd(5, a_bottom + k, a_row * 2);
-                            _tile_loadd(6, b, c_in * 4);
-                            _tile_loadd(7, b + 32, c_in * 4);
-                            _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7);
-                            _tile_dpbf16ps(2, 5, 6);
-                            _tile_dpbf16ps(3, 5, 7);
-                        }
+                        for (i64 k = 0; k < k_pad; k += 32)
+                            accumulate_block(a_top + k, a_bottom + k, a_row * 2,
+                                             image_pairs + ((offset - shift) / 2 + k / 2) * c_in * 2 + i0 * 2, c_in * 4);
                     }
                     float *out = dw + (o0 * 9 + tap) * c_in + i0;
                     const i64 stride = 9 * c_in * 4; /* bytes from one output channel to the next */
@@ -249,17 +256,8 @@ void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i
                     for (int tap = 0; tap < 9; tap++) {
                         const bf16 *a = d + (s * d_rows + p0 + 2 * row_width + 2 - ((tap / 3) * row_width + tap % 3)) * c_out;
                         const bf16 *b_tap = packed + (i64)tap * (c_out / 2) * c_in * 2;
-                        for (i64 o0 = 0; o0 < c_out; o0 += 32) {
-                            const bf16 *b = b_tap + ((o0 / 2) * c_in + i0) * 2;
-                            _tile_loadd(4, a + o0, c_out * 2);
-                            _tile_loadd(5, a + 16 * c_out + o0, c_out * 2);
-                            _tile_loadd(6, b, c_in * 4);
-                            _tile_loadd(7, b + 32, c_in * 4);
-                            _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7);
-                            _tile_dpbf16ps(2, 5, 6);
-                            _tile_dpbf16ps(3, 5, 7);
-                        }
+                        for (i64 o0 = 0; o0 < c_out; o0 += 32)
+                            accumulate_block(a + o0, a + 16 * c_out + o0, c_out * 2, b_tap + ((o0 / 2) * c_in + i0) * 2, c_in * 4);
                     }
                     _tile_stored(0, &sums[0][0], 32 * 4);
                     _tile_stored(1, &sums[0][16], 32 * 4);
