@@ -57,7 +57,7 @@ def _library() -> ctypes.CDLL | None:
     library.gs_tile_input_gradient_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64]
     library.gs_tile_input_gradient_bf16.restype = None
     if library.gs_tiles_init() != 0:  # not compiled for tiles, or Linux did not grant them
-        log.info("the CPU's matrix tiles are not usable here: bf16 weight gradients stay PyTorch's")
+        log.info("the CPU's matrix tiles are not usable here: the bf16 3x3 backward stays PyTorch's")
         return None
     return library
 
@@ -159,8 +159,7 @@ def tile_input_gradient(grad_out: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(f"tile input gradient: weight {tuple(weight.shape)} and output gradient {tuple(grad_out.shape)} are not a 3x3 "
                          f"convolution's with channels in multiples of {TILE_CHANNELS}")
     d_rows = (h + 4) * (w + 2) + w + 2 + 64  # dL/dy on the input's grid, and room for the last block's reads
-    buffers = [scratch.take(-(-numel // 2)) for numel in (9 * c_out * c_in, n * d_rows * c_out)]
-    packed, grid = (buffer.view(torch.bfloat16) for buffer in buffers)
+    buffers, (packed, grid) = _bf16_scratch(9 * c_out * c_in, n * d_rows * c_out)
     grad_input = torch.empty(n, c_in, h + 2, w + 2, dtype=torch.bfloat16, memory_format=torch.channels_last)
     weight = weight.contiguous(memory_format=torch.channels_last)
     grad_out = grad_out.contiguous(memory_format=torch.channels_last)
@@ -183,9 +182,7 @@ def tile_weight_gradient(x: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
                          f"convolution's with channels in multiples of {TILE_CHANNELS}")
     k_pad = -(-h * (w + 2) // 32) * 32
     pair_rows = k_pad // 2 + w + 3  # the last tap starts w + 3 pairs in
-    # bf16 scratch as fp32 buffers of the pool, half as many values (A with one value before it)
-    buffers = [scratch.take(-(-numel // 2)) for numel in (c_out * n * k_pad + 1, n * pair_rows * c_in * 2)]
-    a, pairs = (buffer.view(torch.bfloat16) for buffer in buffers)
+    buffers, (a, pairs) = _bf16_scratch(c_out * n * k_pad + 1, n * pair_rows * c_in * 2)  # A with one value before it
     sums = scratch.take(n * c_out)
     grad_weight, grad_bias = torch.empty(c_out, c_in, 3, 3, memory_format=torch.channels_last), torch.empty(c_out)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -194,3 +191,10 @@ def tile_weight_gradient(x: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
                                             c_in, c_out, a.data_ptr(), pairs.data_ptr(), sums.data_ptr(), k_pad, pair_rows)
     scratch.give(*buffers, sums)
     return grad_weight, grad_bias
+
+
+def _bf16_scratch(*sizes: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Buffers of the scratch pool (fp32, half as many values) for bf16 arrays of ``sizes``, and
+    their bf16 views; the buffers go back to the pool (``scratch.give``) when the kernel is done."""
+    buffers = [scratch.take(-(-size // 2)) for size in sizes]
+    return buffers, [buffer.view(torch.bfloat16) for buffer in buffers]
