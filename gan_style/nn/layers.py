@@ -174,6 +174,7 @@ class WeightCasts:
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
         self._casts: dict[int, tuple[Tensor, int, Tensor]] = {}
+        self._derived: dict[tuple[int, str], tuple[Tensor, int, Any]] = {}  # (id(weight), name): (weight, version, form)
 
     def __call__(self, weight: Tensor) -> Tensor:
         """``weight`` in this step's dtype where a cast is kept or worth keeping; otherwise ``weight``
@@ -191,10 +192,22 @@ class WeightCasts:
         self._casts[id(weight)] = (weight, weight._version, cast)
         return cast
 
+    def derived(self, weight: Tensor, name: str, make: Callable[[], Any]) -> Any:
+        """``make()``, a form of ``weight``'s current version (a kernel's packed layout of it), made
+        once and reused by the step's later uses of the same version."""
+        kept = self._derived.get((id(weight), name))
+        if kept is not None and kept[0] is weight and kept[1] == weight._version:
+            return kept[2]
+        form = make()
+        self._derived[(id(weight), name)] = (weight, weight._version, form)
+        return form
+
     def drop_stale(self) -> None:
         """Free the casts of weights that changed (after an optimiser step), as autocast frees its
-        cache at the end of a region: they would only hold memory until the step ends."""
+        cache at the end of a region, and the forms made of them: they would only hold memory until
+        the step ends."""
         self._casts = {key: kept for key, kept in self._casts.items() if kept[0]._version == kept[1]}
+        self._derived = {key: kept for key, kept in self._derived.items() if kept[0]._version == kept[1]}
 
 
 _STEP_CASTS: contextvars.ContextVar[WeightCasts | None] = contextvars.ContextVar("gan_style_step_casts", default=None)
@@ -212,7 +225,14 @@ def weight_casts(dtype: torch.dtype) -> Iterator[WeightCasts]:
         _STEP_CASTS.reset(token)
 
 
-def _step_cast(weight: Tensor | None, x: Tensor) -> Tensor | None:
+def step_derived(weight: Tensor, name: str, make: Callable[[], Any]) -> Any:
+    """``make()``, kept for the later uses of ``weight``'s version where a :func:`weight_casts`
+    context is open (:meth:`WeightCasts.derived`), else made at each call."""
+    casts = _STEP_CASTS.get()
+    return make() if casts is None else casts.derived(weight, name, make)
+
+
+def step_cast(weight: Tensor | None, x: Tensor) -> Tensor | None:
     """``weight`` as the step's kept cast where a :func:`weight_casts` context is open and autocast is on."""
     casts = _STEP_CASTS.get()
     if weight is None or casts is None or not autocast_on(x):
@@ -229,12 +249,12 @@ class Conv2d(WinogradCapable, nn.Conv2d):
     casts are the step's (:func:`weight_casts`)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        weight, bias = _step_cast(self.weight, x), _step_cast(self.bias, x)
         if self.weight_gradient == "measured":
             from gan_style.nn.tiles import tile_conv2d, tile_conv_applies  # it uses this module's layout helpers
 
-            if tile_conv_applies(self, x):
-                return tile_conv2d(x, self.weight, self.bias, weight, bias)
+            if tile_conv_applies(self, x):  # it casts the weight only where PyTorch's convolution runs
+                return tile_conv2d(x, self.weight, self.bias, step_cast(self.bias, x))
+        weight, bias = step_cast(self.weight, x), step_cast(self.bias, x)
         if (self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
                 and self.padding[0] == self.padding[1] and self.stride[0] == self.stride[1]):
             if self.stride == (1, 1):

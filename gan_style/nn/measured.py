@@ -51,6 +51,11 @@ class MeasuredChoices:
     def verdict(self, direct_ms: float, alternative_ms: float) -> str:
         return self.alternative if alternative_ms < direct_ms * MIN_GAIN else "direct"
 
+    def chosen(self, key: Hashable) -> str | None:
+        """The way this key's first run chose ("direct" or the alternative's name), None before it."""
+        timings = self._timings.get(key)
+        return None if timings is None else self.verdict(*timings)
+
     def run(self, key: Hashable, direct: Callable[[], T], alternative: Callable[[], T]) -> T:
         """``direct()`` or ``alternative()``, whichever this key's first run timed faster (both run
         ``rounds`` times then, alternating, and the faster once more for the result)."""

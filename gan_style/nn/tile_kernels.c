@@ -248,34 +248,17 @@ void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, floa
    with D = dy on a grid of the input's row width with two zero rows above and below and two zero
    columns to the left of each row (so a pixel whose tap falls outside dy reads a zero). A tiles
    are 16 consecutive rows of D, straight from it. B tiles come from the weight packed once per
-   call (gs_tile_pack_weight_bf16) in the order the product reads them: per block of 32 input
+   weight version (gs_tile_pack_fp32) in the order the product reads them: per block of 32 input
    channels, per tap, per 32 output channels, two 16-column tiles of 16 pairs of output channels
-   ("VNNI" pairs), each tile 1 KB in one piece.
+   ("VNNI" pairs), each tile 1 KB in one piece:
+
+       input_gradient[ib][t][ob][half][j][c][u] = W[o = 32 ob + 2 j + u][t][i = 32 ib + 16 half + c]
 
    Blocks of 32 pixels x 32 input channels, fp32 sums, rounded to bf16 once (to nearest even). The
    threads share the blocks of input channels first: a thread's packed weight (its channel blocks'
    share, 147 KB per block at 256 channels) stays in its L2 cache while it walks the pixels;
    walking the channel blocks inside each pixel block read the whole weight (1.2 MB) per block,
    more than L2 keeps beside D (15 % slower at 256 channels, 32x32). */
-
-/* packed[ib][t][ob][half][j][c][u] = W[o = 32 ob + 2 j + u][t][i = 32 ib + 16 half + c]: sixteen
-   values of two output channels' rows interleaved by one permutation. */
-void gs_tile_pack_weight_bf16(const bf16 *weight, bf16 *packed, i64 c_in, i64 c_out)
-{
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    _Pragma("omp parallel for schedule(static) collapse(2)")
-    for (i64 o = 0; o < c_out; o += 2)
-        for (int tap = 0; tap < 9; tap++) {
-            const bf16 *top = weight + (o * 9 + tap) * c_in; /* rows o and o + 1, read whole */
-            bf16 *out = packed + (tap * (c_out / 32) + o / 32) * 32 * 32 + (o % 32 / 2) * 32;
-            for (i64 i = 0; i < c_in; i += 16, top += 16) {
-                const __m512i rows = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)top)),
-                                                        _mm256_loadu_si256((const __m256i *)(top + 9 * c_in)), 1);
-                _mm512_storeu_si512(out + (i / 32) * 9 * c_out * 32 + (i % 32 / 16) * 16 * 32, _mm512_permutexvar_epi16(interleave, rows));
-            }
-        }
-}
 
 /* d: batch x d_rows x c_out bf16 scratch, d_rows = (h + 4)(w + 2) + w + 2 + 64 (room for the last
    block's reads); dx: batch x (h + 2)(w + 2) x c_in bf16 (written). */
@@ -328,16 +311,141 @@ void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i
     }
 }
 
+/* The forward of the same convolution, on the padded input's grid:
+
+       y[s][P][o] = b[o] + sum over taps t and input channels i of x[s][P + offset_t][i] W_t[o][i]
+
+   for P = y' (w + 2) + x' with y' < h; the two columns x' = w, w + 1 of each grid row are computed
+   and dropped. A tiles are 16 consecutive rows of x itself; a block whose taps would read past the
+   image's last row reads a copy of its rows with zeros after them (tail: rows for one block, per
+   thread). B tiles: the weight packed once per weight version (gs_tile_pack_fp32), per block of
+   32 output channels, per tap, per 32 input channels, two 16-column tiles of 16 pairs of input
+   channels, each 1 KB in one piece, in the order read:
+
+       forward[ob][t][ib][half][j][c][u] = W[o = 32 ob + 16 half + c][t][i = 32 ib + 2 j + u]
+
+   fp32 sums, the bias added in fp32, rounded to bf16 once, as oneDNN's bf16 convolution does. */
+
+/* out[c][r] = in[r][c] for a 16 x 16 block of 32-bit values (a pair of bf16): unpacks of 32- and
+   64-bit values within 128-bit lanes, then a 4 x 4 transpose of the lanes. */
+static inline void transpose_16x16_pairs(const bf16 *in, i64 in_stride, bf16 *out, i64 out_stride)
+{
+    __m512i r[16], t[16], u[16];
+    for (int k = 0; k < 16; k++)
+        r[k] = _mm512_loadu_si512(in + k * in_stride);
+    for (int k = 0; k < 16; k += 2) {
+        t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
+        t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 16; k += 4) { /* u[k + m], lane L: column 4 L + m of rows k .. k + 3 */
+        u[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
+        u[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
+        u[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
+        u[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
+    }
+    for (int m = 0; m < 4; m++) {
+        const __m512i low_ab = _mm512_shuffle_i32x4(u[m], u[4 + m], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i high_ab = _mm512_shuffle_i32x4(u[m], u[4 + m], _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512i low_cd = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i high_cd = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], _MM_SHUFFLE(3, 2, 3, 2));
+        _mm512_storeu_si512(out + (m + 0) * out_stride, _mm512_shuffle_i32x4(low_ab, low_cd, _MM_SHUFFLE(2, 0, 2, 0)));
+        _mm512_storeu_si512(out + (m + 4) * out_stride, _mm512_shuffle_i32x4(low_ab, low_cd, _MM_SHUFFLE(3, 1, 3, 1)));
+        _mm512_storeu_si512(out + (m + 8) * out_stride, _mm512_shuffle_i32x4(high_ab, high_cd, _MM_SHUFFLE(2, 0, 2, 0)));
+        _mm512_storeu_si512(out + (m + 12) * out_stride, _mm512_shuffle_i32x4(high_ab, high_cd, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+}
+
+/* Both packed layouts of one weight version, straight from the fp32 master (channels-last
+   c_out x 9 x c_in), each value rounded to bf16 once (to nearest even, as its bf16 cast), in the
+   layouts above. One pass instead of the cast and two packs of it, each reading the weight again
+   (0.15 against 0.29 ms for a 256-channel weight, out of cache). Per 16
+   output channels and tap, 32 input channels at a time: their bf16 block, transposed in pairs for
+   the forward, its rows interleaved in pairs for the input gradient. */
+void gs_tile_pack_fp32(const float *weight, bf16 *forward, bf16 *input_gradient, i64 c_in, i64 c_out)
+{
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    _Pragma("omp parallel for schedule(static) collapse(2)")
+    for (i64 g = 0; g < c_out / 16; g++) /* output channels 16 g .. 16 g + 15: half g % 2 of block g / 2 */
+        for (int tap = 0; tap < 9; tap++)
+            for (i64 ib = 0; ib < c_in / 32; ib++) {
+                bf16 block[16][32];
+                for (int r = 0; r < 16; r++) {
+                    const float *row = weight + ((16 * g + r) * 9 + tap) * c_in + 32 * ib;
+                    bf16x16_store(block[r], f32x16_load(row));
+                    bf16x16_store(block[r] + 16, f32x16_load(row + 16));
+                }
+                transpose_16x16_pairs(&block[0][0], 32, forward + ((((g / 2) * 9 + tap) * (c_in / 32) + ib) * 2 + g % 2) * 16 * 32, 32);
+                for (int half = 0; half < 2; half++) {
+                    bf16 *out = input_gradient + (((ib * 9 + tap) * (c_out / 32) + g / 2) * 2 + half) * 16 * 32 + 8 * (g % 2) * 32;
+                    for (int q = 0; q < 8; q++) {
+                        const __m512i rows = _mm512_inserti64x4(
+                            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(block[2 * q] + 16 * half))),
+                            _mm256_loadu_si256((const __m256i *)(block[2 * q + 1] + 16 * half)), 1);
+                        _mm512_storeu_si512(out + q * 32, _mm512_permutexvar_epi16(interleave, rows));
+                    }
+                }
+            }
+}
+
+/* x: batch x (h + 2)(w + 2) x c_in, y: batch x h x w x c_out (bf16, channels-last); bias: c_out
+   bf16 or NULL; tail: threads x tail_rows x c_in bf16 scratch, tail_rows = 2 (w + 2) + 34. */
+void gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf16 *y, i64 batch, i64 h, i64 w, i64 c_in,
+                          i64 c_out, bf16 *tail, i64 tail_rows)
+{
+    const i64 row_width = w + 2, x_rows = (h + 2) * row_width, positions = h * row_width, blocks = (positions + 31) / 32;
+    const i64 reach = 32 + 2 * row_width + 2; /* rows a block's taps read, from its first */
+    _Pragma("omp parallel")
+    {
+        configure_tiles();
+        float sums[32][32];
+        bf16 *own_tail = tail + omp_get_thread_num() * tail_rows * c_in;
+        const i64 channel_blocks = c_out / 32, items = channel_blocks * batch * blocks;
+        const int weight_outer = 9 * c_out > batch * x_rows; /* the weight (9 c_out rows of c_in) larger than x */
+        _Pragma("omp for schedule(static)")
+        for (i64 item = 0; item < items; item++) {
+            const i64 o0 = 32 * (weight_outer ? item / (batch * blocks) : item % channel_blocks);
+            const i64 image_block = weight_outer ? item % (batch * blocks) : item / channel_blocks;
+            const i64 s = image_block / blocks, p0 = image_block % blocks * 32;
+            const bf16 *rows = x + (s * x_rows + p0) * c_in;
+            if (p0 + reach > x_rows) { /* the image's last block: its rows, then zeros */
+                memcpy(own_tail, rows, sizeof(bf16) * (x_rows - p0) * c_in);
+                memset(own_tail + (x_rows - p0) * c_in, 0, sizeof(bf16) * (reach - (x_rows - p0)) * c_in);
+                rows = own_tail;
+            }
+            const bf16 *b = packed + o0 * 9 * c_in; /* this channel block's taps, in the order read */
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int tap = 0; tap < 9; tap++) {
+                const bf16 *a = rows + ((tap / 3) * row_width + tap % 3) * c_in;
+                for (i64 i0 = 0; i0 < c_in; i0 += 32, b += 32 * 32)
+                    accumulate_block(a + i0, a + 16 * c_in + i0, c_in * 2, b, 64, b + 16 * 32);
+            }
+            _tile_stored(0, &sums[0][0], 32 * 4);
+            _tile_stored(1, &sums[0][16], 32 * 4);
+            _tile_stored(2, &sums[16][0], 32 * 4);
+            _tile_stored(3, &sums[16][16], 32 * 4);
+            const f32x16 bias_low = bias ? bf16x16_load(bias + o0) : (f32x16){0}, bias_high = bias ? bf16x16_load(bias + o0 + 16) : (f32x16){0};
+            for (i64 p = 0; p < 32 && p0 + p < positions; p++) {
+                const i64 row = (p0 + p) / row_width, column = (p0 + p) % row_width;
+                if (column >= w)
+                    continue;
+                bf16 *out = y + ((s * h + row) * w + column) * c_out + o0;
+                bf16x16_store(out, f32x16_load(sums[p]) + bias_low);
+                bf16x16_store(out + 16, f32x16_load(sums[p] + 16) + bias_high);
+            }
+        }
+        _tile_release();
+    }
+}
+
 #else /* no tile unit to compile for: the Python side then keeps PyTorch's weight gradient */
 
 int gs_tiles_init(void)
 {
     return -1;
-}
-
-void gs_tile_pack_weight_bf16(const bf16 *weight, bf16 *packed, i64 c_in, i64 c_out)
-{
-    (void)weight, (void)packed, (void)c_in, (void)c_out;
 }
 
 void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out,
@@ -351,6 +459,17 @@ void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, floa
 {
     (void)x, (void)dy, (void)dw, (void)db, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out, (void)a_before, (void)pairs,
         (void)sums, (void)k_pad, (void)pair_rows;
+}
+
+void gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf16 *y, i64 batch, i64 h, i64 w, i64 c_in,
+                          i64 c_out, bf16 *tail, i64 tail_rows)
+{
+    (void)x, (void)packed, (void)bias, (void)y, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out, (void)tail, (void)tail_rows;
+}
+
+void gs_tile_pack_fp32(const float *weight, bf16 *forward, bf16 *input_gradient, i64 c_in, i64 c_out)
+{
+    (void)weight, (void)forward, (void)input_gradient, (void)c_in, (void)c_out;
 }
 
 #endif

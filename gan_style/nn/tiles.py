@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_style.nn.layers import autocast_on, conv_gradients_needed, is_channels_last, pytorch_conv_backward
+from gan_style.nn.layers import autocast_on, conv_gradients_needed, is_channels_last, pytorch_conv_backward, step_cast, step_derived
 from gan_style.nn.measured import MeasuredChoices
 from gan_style.nn.native import c_source, compile_library
 from gan_style.nn.winograd import scratch
@@ -52,10 +52,12 @@ def _library() -> ctypes.CDLL | None:
         return None
     library.gs_tile_weight_gradient_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
     library.gs_tile_weight_gradient_bf16.restype = None
-    library.gs_tile_pack_weight_bf16.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2
-    library.gs_tile_pack_weight_bf16.restype = None
     library.gs_tile_input_gradient_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64]
     library.gs_tile_input_gradient_bf16.restype = None
+    library.gs_tile_forward_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64]
+    library.gs_tile_forward_bf16.restype = None
+    library.gs_tile_pack_fp32.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
+    library.gs_tile_pack_fp32.restype = None
     if library.gs_tiles_init() != 0:  # not compiled for tiles, or Linux did not grant them
         log.info("the CPU's matrix tiles are not usable here: the bf16 3x3 backward stays PyTorch's")
         return None
@@ -79,9 +81,18 @@ def _describe(key: tuple) -> str:
 verdicts = MeasuredChoices("tiles", _describe, rounds=5)
 
 
+#: per shape: PyTorch's forward ("direct") or the tile kernel's ("tiles"), its weight's packing included
+forward_verdicts = MeasuredChoices("tiles", _describe, rounds=5)
+
+
 def tile_gradient_choices() -> dict[str, dict[str, float | str]]:
     """Every shape measured in this process: its description to its timings (ms) and the kernel chosen."""
     return verdicts.listing()
+
+
+def tile_forward_choices() -> dict[str, dict[str, float | str]]:
+    """The same for the forward: every shape measured in this process, its timings (ms) and the kernel chosen."""
+    return forward_verdicts.listing()
 
 
 def tile_conv_applies(conv: nn.Conv2d, x: Tensor) -> bool:
@@ -93,14 +104,13 @@ def tile_conv_applies(conv: nn.Conv2d, x: Tensor) -> bool:
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and tile_kernels_available())
 
 
-def tile_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, weight_cast: Tensor | None, bias_cast: Tensor | None) -> Tensor:
+def tile_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, bias_cast: Tensor | None) -> Tensor:
     """``F.conv2d(x, weight, bias)`` in bf16 whose backward gives ``weight`` and ``bias`` (the fp32
-    masters) their fp32 gradients, the weight's by tiles where measured faster; ``weight_cast`` and
-    ``bias_cast``: the step's bf16 casts of them (None, or the master itself: cast here)."""
-    weight_cast = _bf16(weight, weight_cast)
+    masters) their fp32 gradients, its forward and backward by tiles where measured faster;
+    ``bias_cast``: the step's bf16 cast of the bias (None, or the master itself: cast here)."""
     bias_cast = None if bias is None else _bf16(bias, bias_cast)
     x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    return _TileConv.apply(x, weight, bias, weight_cast, bias_cast)
+    return _TileConv.apply(x, weight, bias, bias_cast)
 
 
 def _bf16(master: Tensor, cast: Tensor | None) -> Tensor:
@@ -109,37 +119,56 @@ def _bf16(master: Tensor, cast: Tensor | None) -> Tensor:
     return (cast if cast is not None and cast.dtype == torch.bfloat16 else master.to(torch.bfloat16)).detach()
 
 
+def _weight_cast(weight: Tensor, x: Tensor) -> Tensor:
+    """The step's bf16 cast of ``weight`` (one per weight version, ``gan_style.nn.layers.weight_casts``), detached."""
+    return _bf16(weight, step_cast(weight, x))
+
+
 class _TileConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, weight_cast: Tensor, bias_cast: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight_cast)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight_cast, bias_cast)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, bias_cast: Tensor | None) -> Tensor:
+        key = (tuple(x.shape), weight.shape[0], torch.get_num_threads())
+        packs = weight_packs(weight)
+        # the bf16 cast only where one of PyTorch's ways may run: while measuring, or chosen
+        tiles_only = forward_verdicts.chosen(key) == verdicts.chosen(key) == "tiles"
+        weight_cast = None if tiles_only else _weight_cast(weight, x)
+        ctx.save_for_backward(x, packs[1], weight_cast)
+        ctx.has_bias, ctx.weight, ctx.weight_version = bias is not None, weight, weight._version
+        return forward_verdicts.run(key, lambda: F.conv2d(x, weight_cast, bias_cast), lambda: tile_forward(x, packs[0], bias_cast))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight_cast = ctx.saved_tensors
+        x, input_gradient_pack, weight_cast = ctx.saved_tensors
+        key = (tuple(x.shape), grad_out.shape[1], torch.get_num_threads())
         needs = conv_gradients_needed(ctx)
         grad_out = grad_out.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        if torch.is_grad_enabled():  # create_graph (R1): PyTorch's backward, which autograd differentiates
-            grads = _for_masters(*pytorch_conv_backward(grad_out, x, weight_cast, needs))
-        elif needs[1]:
-            key = (tuple(x.shape), weight_cast.shape[0], torch.get_num_threads())
-            grads = verdicts.run(key, *(functools.partial(_backward, kernel, grad_out, x, weight_cast, needs) for kernel in ("direct", "tiles")))
-        else:
-            grads = _backward("direct", grad_out, x, weight_cast, needs)
-        return (*grads, None, None)
+        # create_graph (R1): PyTorch's backward, which autograd differentiates; likewise without a weight gradient
+        pytorch_only = torch.is_grad_enabled() or not needs[1]
+        if weight_cast is None and (pytorch_only or verdicts.chosen(key) != "tiles"):
+            weight_cast = _cast_for_backward(ctx)
+        if pytorch_only:
+            return (*_backward("direct", grad_out, x, weight_cast, input_gradient_pack, needs), None)
+        ways = (functools.partial(_backward, kernel, grad_out, x, weight_cast, input_gradient_pack, needs) for kernel in ("direct", "tiles"))
+        return (*verdicts.run(key, *ways), None)
 
 
-def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight_cast: Tensor, needs: tuple[bool, bool, bool]
-              ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+def _cast_for_backward(ctx) -> Tensor:
+    """The bf16 weight of the forward, for a PyTorch backward where the forward needed none."""
+    if ctx.weight._version != ctx.weight_version:
+        raise RuntimeError("a 3x3 convolution's weight changed between its forward and its backward (an in-place update): "
+                           "its gradient would be of the new weight")
+    return ctx.weight.detach().to(torch.bfloat16)
+
+
+def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight_cast: Tensor | None, input_gradient_pack: Tensor,
+              needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The gradients by ``kernel``, the weight's and bias's in fp32 for the masters: "direct", PyTorch's
     whole backward in bf16, cast (within what the first use times, as autocast's cast back is part of
     that way's cost); "tiles", the input gradient by :func:`tile_input_gradient` and the weight's
     and bias's by :func:`tile_weight_gradient`."""
     if kernel == "direct":
         return _for_masters(*pytorch_conv_backward(grad_out, x, weight_cast, needs))
-    grad_input = tile_input_gradient(grad_out, weight_cast) if needs[0] else None
+    grad_input = tile_input_gradient(grad_out, input_gradient_pack, x.shape[1]) if needs[0] else None
     grad_weight, grad_bias = tile_weight_gradient(x, grad_out)
     return grad_input, grad_weight, grad_bias if needs[2] else None
 
@@ -149,26 +178,61 @@ def _for_masters(grad_input: Tensor | None, grad_weight: Tensor | None, grad_bia
     return grad_input, *(None if grad is None else grad.float() for grad in (grad_weight, grad_bias))
 
 
-def tile_input_gradient(grad_out: Tensor, weight: Tensor) -> Tensor:
+def tile_input_gradient(grad_out: Tensor, input_gradient_pack: Tensor, in_channels: int) -> Tensor:
     """dL/dx (bf16, channels-last, the padded input's size) of ``F.conv2d(x, weight)`` for a stride-1
-    3x3 convolution without padding, given dL/dy; ``grad_out`` and ``weight`` bf16 channels-last,
-    their channels multiples of 32; by the tile kernel (fp32 sums, rounded once)."""
+    3x3 convolution without padding, given dL/dy (bf16 channels-last) and the weight's
+    ``input_gradient_pack`` (:func:`weight_packs`); channels multiples of 32; by the tile kernel
+    (fp32 sums, rounded once)."""
     n, c_out, h, w = grad_out.shape
-    c_in = weight.shape[1]
-    if weight.shape != (c_out, c_in, 3, 3) or c_in % TILE_CHANNELS or c_out % TILE_CHANNELS:
-        raise ValueError(f"tile input gradient: weight {tuple(weight.shape)} and output gradient {tuple(grad_out.shape)} are not a 3x3 "
-                         f"convolution's with channels in multiples of {TILE_CHANNELS}")
+    if input_gradient_pack.numel() != 9 * c_out * in_channels or in_channels % TILE_CHANNELS or c_out % TILE_CHANNELS:
+        raise ValueError(f"tile input gradient: a packed weight of {input_gradient_pack.numel()} values and output gradient "
+                         f"{tuple(grad_out.shape)} are not a 3x3 convolution's from {in_channels} channels, in multiples of {TILE_CHANNELS}")
     d_rows = (h + 4) * (w + 2) + w + 2 + 64  # dL/dy on the input's grid, and room for the last block's reads
-    buffers, (packed, grid) = _bf16_scratch(9 * c_out * c_in, n * d_rows * c_out)
-    grad_input = torch.empty(n, c_in, h + 2, w + 2, dtype=torch.bfloat16, memory_format=torch.channels_last)
-    weight = weight.contiguous(memory_format=torch.channels_last)
+    buffers, (grid,) = _bf16_scratch(n * d_rows * c_out)
+    grad_input = torch.empty(n, in_channels, h + 2, w + 2, dtype=torch.bfloat16, memory_format=torch.channels_last)
     grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    library = _library()
-    library.gs_tile_pack_weight_bf16(weight.data_ptr(), packed.data_ptr(), c_in, c_out)
-    library.gs_tile_input_gradient_bf16(grad_out.data_ptr(), packed.data_ptr(), grad_input.data_ptr(), n, h, w, c_in, c_out,
-                                        grid.data_ptr(), d_rows)
+    _library().gs_tile_input_gradient_bf16(grad_out.data_ptr(), input_gradient_pack.data_ptr(), grad_input.data_ptr(), n, h, w,
+                                           in_channels, c_out, grid.data_ptr(), d_rows)
     scratch.give(*buffers)
     return grad_input
+
+
+def tile_forward(x: Tensor, forward_pack: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.conv2d(x, weight, bias)`` (bf16, channels-last) for a stride-1 3x3 convolution without
+    padding, given the weight's ``forward_pack`` (:func:`weight_packs`), by the tile kernel: fp32
+    sums, the bias added, rounded to bf16 once (as oneDNN's); channels multiples of 32, ``bias``
+    bf16 or None."""
+    n, c_in, height, width = x.shape
+    c_out = forward_pack.numel() // (9 * c_in)
+    if forward_pack.numel() != 9 * c_in * c_out or c_in % TILE_CHANNELS or c_out % TILE_CHANNELS or height < 3 or width < 3:
+        raise ValueError(f"tile forward: a packed weight of {forward_pack.numel()} values and input {tuple(x.shape)} are not a 3x3 "
+                         f"convolution's with channels in multiples of {TILE_CHANNELS}")
+    h, w = height - 2, width - 2
+    tail_rows = 2 * (w + 2) + 34  # one block's rows, for the image's last blocks
+    buffers, (tail,) = _bf16_scratch(torch.get_num_threads() * tail_rows * c_in)
+    out = torch.empty(n, c_out, h, w, dtype=torch.bfloat16, memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    bias = None if bias is None else bias.to(torch.bfloat16).contiguous()
+    _library().gs_tile_forward_bf16(x.data_ptr(), forward_pack.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
+                                    n, h, w, c_in, c_out, tail.data_ptr(), tail_rows)
+    scratch.give(*buffers)
+    return out
+
+
+def weight_packs(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """A 3x3 weight (fp32, (C_out, C_in, 3, 3), channels multiples of 32) rounded to bf16 and packed
+    for :func:`tile_forward` and :func:`tile_input_gradient`, in one pass; once per weight version
+    in a training step (its later uses take the same), else at each call."""
+    def pack() -> tuple[Tensor, Tensor]:
+        c_out, c_in = weight.shape[:2]
+        if weight.shape[2:] != (3, 3) or c_in % TILE_CHANNELS or c_out % TILE_CHANNELS:
+            raise ValueError(f"tile packs: weight {tuple(weight.shape)} is not 3x3 with channels in multiples of {TILE_CHANNELS}")
+        master = weight.detach().float().contiguous(memory_format=torch.channels_last)
+        forward, input_gradient = torch.empty(weight.numel(), dtype=torch.bfloat16), torch.empty(weight.numel(), dtype=torch.bfloat16)
+        _library().gs_tile_pack_fp32(master.data_ptr(), forward.data_ptr(), input_gradient.data_ptr(), c_in, c_out)
+        return forward, input_gradient
+
+    return step_derived(weight, "tile packs", pack)
 
 
 def tile_weight_gradient(x: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
