@@ -15,7 +15,6 @@ from gan_style.nn import tiles
 from gan_style.nn.layers import Conv2d, weight_casts
 from gan_style.nn.measured import MeasuredChoices
 from gan_style.nn.tiles import tile_conv_applies, tile_gradient_choices, tile_kernels_available, tile_weight_gradient
-from gan_style.nn.winograd import scratch
 
 needs_tiles = pytest.mark.skipif(not tile_kernels_available(), reason="no AMX tile unit here (amx_tile/amx_bf16), or no C compiler")
 
@@ -32,11 +31,14 @@ def _bf16(*shape, seed):
 
 @pytest.fixture
 def poisoned_scratch():
-    """The scratch pool full of NaN buffers: a value the kernel reads without writing it first shows."""
-    scratch.clear()
-    scratch.give(*(torch.full((4 << 20,), float("nan"))[: (4 << 20)] for _ in range(scratch.KEPT)))
+    """The kernels' scratch buffers filled with NaNs as each call takes them: a value a kernel reads
+    without writing it first shows."""
+    if tile_kernels_available():
+        tiles._library().gs_tiles_poison_scratch(1)
     yield
-    scratch.clear()
+    if tile_kernels_available():
+        tiles._library().gs_tiles_poison_scratch(0)
+        tiles.release_tile_buffers()
 
 
 @needs_tiles

@@ -36,6 +36,7 @@ typedef uint16_t bf16;
 #include <immintrin.h>
 #include <omp.h>
 #include <sys/syscall.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
@@ -67,6 +68,44 @@ static void configure_tiles(void)
         config.bytes_per_row[t] = 64;
     }
     _tile_loadconfig(&config);
+}
+
+/* The kernels' working buffers (dL/dy transposed, the input's row pairs, dL/dy on the input's
+   grid, an image's last rows): the calling thread's, kept between calls and grown when a larger
+   layer needs more, so that a call allocates nothing (in a training step a Python-side pool cost
+   ~6 ms of a 260 ms bf16 FastCUT step: its bookkeeping runs cold there). gs_tiles_release frees
+   them; with gs_tiles_poison_scratch(1) every buffer handed out is filled with NaNs first (tests:
+   a value read before it is written shows). */
+static _Thread_local void *scratch_buffers[3];
+static _Thread_local size_t scratch_sizes[3];
+static int poison_scratch;
+
+static void *scratch(int slot, size_t bytes)
+{
+    if (bytes > scratch_sizes[slot]) {
+        free(scratch_buffers[slot]);
+        scratch_sizes[slot] = (bytes + 4095) / 4096 * 4096;
+        scratch_buffers[slot] = aligned_alloc(4096, scratch_sizes[slot]);
+        if (scratch_buffers[slot] == NULL)
+            scratch_sizes[slot] = 0;
+    }
+    if (poison_scratch && scratch_buffers[slot] != NULL)
+        memset(scratch_buffers[slot], 0xff, bytes); /* 0xffff: a bf16 NaN; 0xffffffff: an fp32 NaN */
+    return scratch_buffers[slot];
+}
+
+void gs_tiles_release(void)
+{
+    for (int slot = 0; slot < 3; slot++) {
+        free(scratch_buffers[slot]);
+        scratch_buffers[slot] = NULL;
+        scratch_sizes[slot] = 0;
+    }
+}
+
+void gs_tiles_poison_scratch(int on)
+{
+    poison_scratch = on;
 }
 
 /* Accumulators (tiles 0-3) += the 32 x 32 product of two 16-row tiles of A (a_top, a_bottom; rows
@@ -173,18 +212,23 @@ static void paired_rows(const bf16 *x, bf16 *pairs, i64 batch, i64 x_rows, i64 c
 
 /* x: batch x (h + 2) x (w + 2) x c_in, dy: batch x h x w x c_out (bf16, channels-last);
    dw: c_out x 9 x c_in fp32 (written, not accumulated); db: c_out fp32, the bias's gradient
-   (sum of dy over images and pixels). c_in and c_out multiples of 32. a: c_out x batch x k_pad
-   bf16 after one element more (see below), pairs: batch x pair_rows x c_in x 2 bf16, sums: batch x
-   c_out fp32 (scratch), with k_pad = h (w + 2) rounded up to 32 and pair_rows = k_pad / 2 + w + 3.
+   (sum of dy over images and pixels). c_in and c_out multiples of 32. Scratch: A, c_out x batch x
+   k_pad bf16 after one element more (see below), with k_pad = h (w + 2) rounded up to 32; the
+   pairs, batch x pair_rows x c_in x 2 bf16; the bias's sums per image. 0, or -1 where the scratch
+   could not be allocated.
 
    A tap at an odd offset would start its pairs of input rows in the middle of one: it reads A one
    position earlier instead (dW_t = sum_p A[p - 1] x[p - 1 + offset], offset - 1 even). The value
    before each of A's rows is zero: the last position of every row is the padding column x = w + 1
    (and before the first row, the element the caller gives more). */
-void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float *db, i64 batch, i64 h, i64 w, i64 c_in,
-                                  i64 c_out, bf16 *a_before, bf16 *pairs, float *sums, i64 k_pad, i64 pair_rows)
+int gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float *db, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out)
 {
-    const i64 row_width = w + 2, a_row = batch * k_pad;
+    const i64 row_width = w + 2, k_pad = (h * row_width + 31) / 32 * 32, a_row = batch * k_pad;
+    const i64 pair_rows = k_pad / 2 + w + 3; /* the last tap starts w + 3 pairs in */
+    bf16 *a_before = scratch(0, sizeof(bf16) * (c_out * a_row + 1)), *pairs = scratch(1, sizeof(bf16) * batch * pair_rows * c_in * 2);
+    float *sums = scratch(2, sizeof(float) * batch * c_out);
+    if (a_before == NULL || pairs == NULL || sums == NULL)
+        return -1;
     bf16 *a = a_before + 1;
     a_before[0] = 0;
     transposed_gradient(dy, a, sums, batch, h, w, c_out, k_pad);
@@ -239,6 +283,7 @@ void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, floa
                     }
         _tile_release();
     }
+    return 0;
 }
 
 /* The input gradient of the same convolution, over the padded input's (h + 2) x (w + 2) pixels:
@@ -260,12 +305,16 @@ void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, floa
    walking the channel blocks inside each pixel block read the whole weight (1.2 MB) per block,
    more than L2 keeps beside D (15 % slower at 256 channels, 32x32). */
 
-/* d: batch x d_rows x c_out bf16 scratch, d_rows = (h + 4)(w + 2) + w + 2 + 64 (room for the last
-   block's reads); dx: batch x (h + 2)(w + 2) x c_in bf16 (written). */
-void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out,
-                                 bf16 *d, i64 d_rows)
+/* dx: batch x (h + 2)(w + 2) x c_in bf16 (written). Scratch: D, batch x d_rows x c_out bf16, with
+   d_rows = (h + 4)(w + 2) + w + 2 + 64 (room for the last block's reads). 0, or -1 where it could
+   not be allocated. */
+int gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out)
 {
     const i64 row_width = w + 2, pixels = (h + 2) * row_width, blocks = (pixels + 31) / 32;
+    const i64 d_rows = (h + 4) * row_width + w + 2 + 64;
+    bf16 *d = scratch(0, sizeof(bf16) * batch * d_rows * c_out);
+    if (d == NULL)
+        return -1;
     _Pragma("omp parallel for schedule(static) collapse(2)")
     for (i64 s = 0; s < batch; s++)
         for (i64 r = 0; r < d_rows; r++) {
@@ -309,6 +358,7 @@ void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i
                 }
         _tile_release();
     }
+    return 0;
 }
 
 /* The forward of the same convolution, on the padded input's grid:
@@ -389,17 +439,20 @@ void gs_tile_pack_fp32(const float *weight, bf16 *forward, bf16 *input_gradient,
 }
 
 /* x: batch x (h + 2)(w + 2) x c_in, y: batch x h x w x c_out (bf16, channels-last); bias: c_out
-   bf16 or NULL; tail: threads x tail_rows x c_in bf16 scratch, tail_rows = 2 (w + 2) + 34. */
-void gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf16 *y, i64 batch, i64 h, i64 w, i64 c_in,
-                          i64 c_out, bf16 *tail, i64 tail_rows)
+   bf16 or NULL. Scratch: per thread, the rows one block reads. 0, or -1 where it could not be
+   allocated. */
+int gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf16 *y, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out)
 {
     const i64 row_width = w + 2, x_rows = (h + 2) * row_width, positions = h * row_width, blocks = (positions + 31) / 32;
     const i64 reach = 32 + 2 * row_width + 2; /* rows a block's taps read, from its first */
+    bf16 *tail = scratch(0, sizeof(bf16) * omp_get_max_threads() * reach * c_in);
+    if (tail == NULL)
+        return -1;
     _Pragma("omp parallel")
     {
         configure_tiles();
         float sums[32][32];
-        bf16 *own_tail = tail + omp_get_thread_num() * tail_rows * c_in;
+        bf16 *own_tail = tail + omp_get_thread_num() * reach * c_in;
         const i64 channel_blocks = c_out / 32, items = channel_blocks * batch * blocks;
         const int weight_outer = 9 * c_out > batch * x_rows; /* the weight (9 c_out rows of c_in) larger than x */
         _Pragma("omp for schedule(static)")
@@ -410,6 +463,7 @@ void gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, b
             const bf16 *rows = x + (s * x_rows + p0) * c_in;
             if (p0 + reach > x_rows) { /* the image's last block: its rows, then zeros */
                 memcpy(own_tail, rows, sizeof(bf16) * (x_rows - p0) * c_in);
+                /* zeros after them: only outputs that are dropped read them, but no NaN is computed */
                 memset(own_tail + (x_rows - p0) * c_in, 0, sizeof(bf16) * (reach - (x_rows - p0)) * c_in);
                 rows = own_tail;
             }
@@ -439,32 +493,41 @@ void gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, b
         }
         _tile_release();
     }
+    return 0;
 }
 
-#else /* no tile unit to compile for: the Python side then keeps PyTorch's weight gradient */
+#else /* no tile unit to compile for: the Python side then keeps PyTorch's convolution */
 
 int gs_tiles_init(void)
 {
     return -1;
 }
 
-void gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out,
-                                 bf16 *d, i64 d_rows)
+void gs_tiles_release(void)
 {
-    (void)dy, (void)packed, (void)dx, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out, (void)d, (void)d_rows;
 }
 
-void gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float *db, i64 batch, i64 h, i64 w, i64 c_in,
-                                  i64 c_out, bf16 *a_before, bf16 *pairs, float *sums, i64 k_pad, i64 pair_rows)
+void gs_tiles_poison_scratch(int on)
 {
-    (void)x, (void)dy, (void)dw, (void)db, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out, (void)a_before, (void)pairs,
-        (void)sums, (void)k_pad, (void)pair_rows;
+    (void)on;
 }
 
-void gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf16 *y, i64 batch, i64 h, i64 w, i64 c_in,
-                          i64 c_out, bf16 *tail, i64 tail_rows)
+int gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out)
 {
-    (void)x, (void)packed, (void)bias, (void)y, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out, (void)tail, (void)tail_rows;
+    (void)dy, (void)packed, (void)dx, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out;
+    return -1;
+}
+
+int gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float *db, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out)
+{
+    (void)x, (void)dy, (void)dw, (void)db, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out;
+    return -1;
+}
+
+int gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf16 *y, i64 batch, i64 h, i64 w, i64 c_in, i64 c_out)
+{
+    (void)x, (void)packed, (void)bias, (void)y, (void)batch, (void)h, (void)w, (void)c_in, (void)c_out;
+    return -1;
 }
 
 void gs_tile_pack_fp32(const float *weight, bf16 *forward, bf16 *input_gradient, i64 c_in, i64 c_out)

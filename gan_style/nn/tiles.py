@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from gan_style.nn.layers import autocast_on, conv_gradients_needed, is_channels_last, pytorch_conv_backward, step_cast, step_derived
 from gan_style.nn.measured import MeasuredChoices
 from gan_style.nn.native import c_source, compile_library
-from gan_style.nn.winograd import scratch
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,13 @@ def _library() -> ctypes.CDLL | None:
     library = compile_library("tile_kernels", c_source("bf16.h", "tile_kernels.c"))
     if library is None:
         return None
-    library.gs_tile_weight_gradient_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
-    library.gs_tile_weight_gradient_bf16.restype = None
-    library.gs_tile_input_gradient_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64]
-    library.gs_tile_input_gradient_bf16.restype = None
-    library.gs_tile_forward_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64]
-    library.gs_tile_forward_bf16.restype = None
+    for name, pointers in (("gs_tile_weight_gradient_bf16", 4), ("gs_tile_input_gradient_bf16", 3), ("gs_tile_forward_bf16", 4)):
+        getattr(library, name).argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * 5
+        getattr(library, name).restype = ctypes.c_int
     library.gs_tile_pack_fp32.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
     library.gs_tile_pack_fp32.restype = None
+    library.gs_tiles_poison_scratch.argtypes, library.gs_tiles_poison_scratch.restype = [ctypes.c_int], None
+    library.gs_tiles_release.argtypes, library.gs_tiles_release.restype = [], None
     if library.gs_tiles_init() != 0:  # not compiled for tiles, or Linux did not grant them
         log.info("the CPU's matrix tiles are not usable here: the bf16 3x3 backward stays PyTorch's")
         return None
@@ -187,13 +185,10 @@ def tile_input_gradient(grad_out: Tensor, input_gradient_pack: Tensor, in_channe
     if input_gradient_pack.numel() != 9 * c_out * in_channels or in_channels % TILE_CHANNELS or c_out % TILE_CHANNELS:
         raise ValueError(f"tile input gradient: a packed weight of {input_gradient_pack.numel()} values and output gradient "
                          f"{tuple(grad_out.shape)} are not a 3x3 convolution's from {in_channels} channels, in multiples of {TILE_CHANNELS}")
-    d_rows = (h + 4) * (w + 2) + w + 2 + 64  # dL/dy on the input's grid, and room for the last block's reads
-    buffers, (grid,) = _bf16_scratch(n * d_rows * c_out)
     grad_input = torch.empty(n, in_channels, h + 2, w + 2, dtype=torch.bfloat16, memory_format=torch.channels_last)
     grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    _library().gs_tile_input_gradient_bf16(grad_out.data_ptr(), input_gradient_pack.data_ptr(), grad_input.data_ptr(), n, h, w,
-                                           in_channels, c_out, grid.data_ptr(), d_rows)
-    scratch.give(*buffers)
+    _checked(_library().gs_tile_input_gradient_bf16(grad_out.data_ptr(), input_gradient_pack.data_ptr(), grad_input.data_ptr(), n, h, w,
+                                                    in_channels, c_out))
     return grad_input
 
 
@@ -208,14 +203,11 @@ def tile_forward(x: Tensor, forward_pack: Tensor, bias: Tensor | None) -> Tensor
         raise ValueError(f"tile forward: a packed weight of {forward_pack.numel()} values and input {tuple(x.shape)} are not a 3x3 "
                          f"convolution's with channels in multiples of {TILE_CHANNELS}")
     h, w = height - 2, width - 2
-    tail_rows = 2 * (w + 2) + 34  # one block's rows, for the image's last blocks
-    buffers, (tail,) = _bf16_scratch(torch.get_num_threads() * tail_rows * c_in)
     out = torch.empty(n, c_out, h, w, dtype=torch.bfloat16, memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     bias = None if bias is None else bias.to(torch.bfloat16).contiguous()
-    _library().gs_tile_forward_bf16(x.data_ptr(), forward_pack.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
-                                    n, h, w, c_in, c_out, tail.data_ptr(), tail_rows)
-    scratch.give(*buffers)
+    _checked(_library().gs_tile_forward_bf16(x.data_ptr(), forward_pack.data_ptr(), None if bias is None else bias.data_ptr(),
+                                             out.data_ptr(), n, h, w, c_in, c_out))
     return out
 
 
@@ -244,21 +236,22 @@ def tile_weight_gradient(x: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
     if (height, width) != (h + 2, w + 2) or c_in % TILE_CHANNELS or c_out % TILE_CHANNELS:
         raise ValueError(f"tile weight gradient: input {tuple(x.shape)} and output gradient {tuple(grad_out.shape)} are not a 3x3 "
                          f"convolution's with channels in multiples of {TILE_CHANNELS}")
-    k_pad = -(-h * (w + 2) // 32) * 32
-    pair_rows = k_pad // 2 + w + 3  # the last tap starts w + 3 pairs in
-    buffers, (a, pairs) = _bf16_scratch(c_out * n * k_pad + 1, n * pair_rows * c_in * 2)  # A with one value before it
-    sums = scratch.take(n * c_out)
     grad_weight, grad_bias = torch.empty(c_out, c_in, 3, 3, memory_format=torch.channels_last), torch.empty(c_out)
     x = x.contiguous(memory_format=torch.channels_last)
     grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    _library().gs_tile_weight_gradient_bf16(x.data_ptr(), grad_out.data_ptr(), grad_weight.data_ptr(), grad_bias.data_ptr(), n, h, w,
-                                            c_in, c_out, a.data_ptr(), pairs.data_ptr(), sums.data_ptr(), k_pad, pair_rows)
-    scratch.give(*buffers, sums)
+    _checked(_library().gs_tile_weight_gradient_bf16(x.data_ptr(), grad_out.data_ptr(), grad_weight.data_ptr(), grad_bias.data_ptr(), n, h,
+                                                     w, c_in, c_out))
     return grad_weight, grad_bias
 
 
-def _bf16_scratch(*sizes: int) -> tuple[list[Tensor], list[Tensor]]:
-    """Buffers of the scratch pool (fp32, half as many values) for bf16 arrays of ``sizes``, and
-    their bf16 views; the buffers go back to the pool (``scratch.give``) when the kernel is done."""
-    buffers = [scratch.take(-(-size // 2)) for size in sizes]
-    return buffers, [buffer.view(torch.bfloat16) for buffer in buffers]
+def _checked(status: int) -> None:
+    """A kernel's status: -1 where its scratch could not be allocated."""
+    if status != 0:
+        raise MemoryError("the tile kernels' scratch buffers could not be allocated")
+
+
+def release_tile_buffers() -> None:
+    """Free the tile kernels' scratch buffers (this thread's; the kernels keep them between calls)."""
+    library = _library()
+    if library is not None:
+        library.gs_tiles_release()

@@ -332,8 +332,11 @@ scratch = _ScratchBuffers()
 
 
 def release_scratch_buffers() -> None:
-    """Return the memory the fused Winograd path keeps between layers (this thread's) to the allocator."""
+    """Return the memory the fused Winograd path and the tile kernels keep between layers (this thread's) to the allocator."""
+    from gan_style.nn.tiles import release_tile_buffers  # it imports this module
+
     scratch.clear()
+    release_tile_buffers()
 
 
 class _NativeWinogradConv(torch.autograd.Function):
