@@ -41,17 +41,31 @@ def poisoned_scratch():
         tiles.release_tile_buffers()
 
 
+#: (kernel size, zero padding): the residual blocks' layers (reflection-padded before), CUT's
+#: resampling convolutions, the PatchGAN discriminators' stride-1 layer, and the fourth
+KERNELS = [(3, 0), (3, 1), (4, 1), (4, 0)]
+
+
+def _input(shape, kernel_size, padding):
+    """An input for which the output is (h, w) of ``shape``."""
+    n, c_in, _, h, w = shape
+    grow = kernel_size - 1 - 2 * padding
+    return _bf16(n, c_in, h + grow, w + grow, seed=0)
+
+
 @needs_tiles
 @pytest.mark.parametrize("shape", SHAPES)
-def test_the_tile_weight_gradient_is_the_convolutions_in_fp32(shape, poisoned_scratch):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_the_tile_weight_gradient_is_the_convolutions_in_fp32(shape, kernel, poisoned_scratch):
     n, c_in, c_out, h, w = shape
-    x, grad_out = _bf16(n, c_in, h + 2, w + 2, seed=0), _bf16(n, c_out, h, w, seed=1)
-    weight = torch.zeros(c_out, c_in, 3, 3, dtype=torch.float64)
+    kernel_size, padding = kernel
+    x, grad_out = _input(shape, *kernel), _bf16(n, c_out, h, w, seed=1)
+    weight = torch.zeros(c_out, c_in, kernel_size, kernel_size, dtype=torch.float64)
     _, expected_weight, expected_bias = torch.ops.aten.convolution_backward(
-        grad_out.double(), x.double(), weight, [c_out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True])
-    grad_weight, grad_bias = tile_weight_gradient(x, grad_out)
+        grad_out.double(), x.double(), weight, [c_out], [1, 1], [padding] * 2, [1, 1], False, [0, 0], 1, [False, True, True])
+    grad_weight, grad_bias = tile_weight_gradient(x, grad_out, padding)
     assert grad_weight.dtype == grad_bias.dtype == torch.float32
-    assert grad_weight.shape == (c_out, c_in, 3, 3) and grad_weight.is_contiguous(memory_format=torch.channels_last)
+    assert grad_weight.shape == weight.shape and grad_weight.is_contiguous(memory_format=torch.channels_last)
     # fp32 sums of exact products: ~1e-7 of the largest entry (oneDNN's bf16 result: ~3e-3)
     for ours, expected in ((grad_weight, expected_weight), (grad_bias, expected_bias)):
         assert torch.isfinite(ours).all()
@@ -65,13 +79,15 @@ def _rounded_once(ours: torch.Tensor, expected: torch.Tensor) -> bool:
 
 @needs_tiles
 @pytest.mark.parametrize("shape", SHAPES)
-def test_the_tile_input_gradient_is_the_convolutions_rounded_once(shape, poisoned_scratch):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_the_tile_input_gradient_is_the_convolutions_rounded_once(shape, kernel, poisoned_scratch):
     n, c_in, c_out, h, w = shape
-    grad_out, weight = _bf16(n, c_out, h, w, seed=1), _bf16(c_out, c_in, 3, 3, seed=2)
-    x = torch.zeros(n, c_in, h + 2, w + 2, dtype=torch.float64)
-    expected = torch.ops.aten.convolution_backward(grad_out.double(), x, weight.double(), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                                   [True, False, False])[0]
-    grad_input = tiles.tile_input_gradient(grad_out, tiles.weight_packs(weight.float())[1], c_in)
+    kernel_size, padding = kernel
+    grad_out, weight = _bf16(n, c_out, h, w, seed=1), _bf16(c_out, c_in, kernel_size, kernel_size, seed=2)
+    x = torch.zeros(_input(shape, *kernel).shape, dtype=torch.float64)
+    expected = torch.ops.aten.convolution_backward(grad_out.double(), x, weight.double(), None, [1, 1], [padding] * 2, [1, 1], False,
+                                                   [0, 0], 1, [True, False, False])[0]
+    grad_input = tiles.tile_input_gradient(grad_out, tiles.weight_packs(weight.float())[1], c_in, kernel_size, padding)
     assert grad_input.dtype == torch.bfloat16 and grad_input.shape == x.shape
     assert grad_input.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(grad_input).all()
     assert _rounded_once(grad_input, expected)
@@ -79,18 +95,20 @@ def test_the_tile_input_gradient_is_the_convolutions_rounded_once(shape, poisone
 
 @needs_tiles
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_the_tile_forward_is_the_convolution_rounded_once(shape, with_bias, poisoned_scratch):
+def test_the_tile_forward_is_the_convolution_rounded_once(shape, kernel, with_bias, poisoned_scratch):
     n, c_in, c_out, h, w = shape
-    x, weight = _bf16(n, c_in, h + 2, w + 2, seed=0), _bf16(c_out, c_in, 3, 3, seed=2)
+    kernel_size, padding = kernel
+    x, weight = _input(shape, *kernel), _bf16(c_out, c_in, kernel_size, kernel_size, seed=2)
     bias = _bf16(c_out, seed=3) if with_bias else None
-    expected = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double())
-    out = tiles.tile_forward(x, tiles.weight_packs(weight.float())[0], bias)
-    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    expected = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=padding)
+    out = tiles.tile_forward(x, tiles.weight_packs(weight.float())[0], bias, kernel_size, padding)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape == (n, c_out, h, w)
     assert out.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(out).all()
     assert _rounded_once(out, expected)
     # oneDNN's bf16 convolution: the same but for a sum rounded the other way now and then
-    assert (out != F.conv2d(x, weight, bias)).float().mean() < 1e-3
+    assert (out != F.conv2d(x, weight, bias, padding=padding)).float().mean() < 1e-3
 
 
 @needs_tiles
@@ -110,19 +128,21 @@ def test_the_packs_are_the_bf16_weight_rearranged():
 
 @needs_tiles
 def test_wrong_shapes_are_refused():
-    with pytest.raises(ValueError, match="3x3"):
-        tile_weight_gradient(_bf16(1, 32, 10, 10, seed=0), _bf16(1, 32, 9, 9, seed=1))
+    with pytest.raises(ValueError, match="3x3 or 4x4"):
+        tile_weight_gradient(_bf16(1, 32, 10, 10, seed=0), _bf16(1, 32, 6, 6, seed=1))  # 5x5
     with pytest.raises(ValueError, match="multiples of 32"):
         tile_weight_gradient(_bf16(1, 48, 10, 10, seed=0), _bf16(1, 32, 8, 8, seed=1))
-    with pytest.raises(ValueError, match="3x3"):
-        tiles.weight_packs(torch.zeros(32, 32, 4, 4))
+    with pytest.raises(ValueError, match="3x3 or 4x4"):
+        tiles.weight_packs(torch.zeros(32, 32, 5, 5))
     with pytest.raises(ValueError, match="multiples of 32"):
         tiles.weight_packs(torch.zeros(32, 48, 3, 3))
     packs = tiles.weight_packs(torch.zeros(32, 32, 3, 3))
-    with pytest.raises(ValueError, match="3x3"):
+    with pytest.raises(ValueError, match="3x3 or 4x4"):
         tiles.tile_input_gradient(_bf16(1, 32, 8, 8, seed=0), packs[1], 64)
-    with pytest.raises(ValueError, match="3x3"):
+    with pytest.raises(ValueError, match="3x3 or 4x4"):
         tiles.tile_forward(_bf16(1, 64, 8, 8, seed=0), packs[0], None)
+    with pytest.raises(ValueError, match="3x3 or 4x4"):
+        tiles.tile_forward(_bf16(1, 32, 8, 8, seed=0), packs[0], None, 3, 2)  # padding 2
 
 
 def _layer_gradients(conv, x, uses=1):
@@ -141,9 +161,10 @@ def _layer_gradients(conv, x, uses=1):
 
 @needs_tiles
 @pytest.mark.parametrize("uses", [1, 2])
-def test_a_layer_gives_its_fp32_master_the_gradient_of_its_bf16_convolution(uses, monkeypatch):
+@pytest.mark.parametrize("kernel", [(3, 0), (4, 1)])
+def test_a_layer_gives_its_fp32_master_the_gradient_of_its_bf16_convolution(uses, kernel, monkeypatch):
     torch.manual_seed(0)
-    conv = Conv2d(64, 64, 3).to(memory_format=torch.channels_last)
+    conv = Conv2d(64, 64, kernel[0], padding=kernel[1]).to(memory_format=torch.channels_last)
     x = torch.randn(2, 64, 12, 12).contiguous(memory_format=torch.channels_last)
     conv.weight_gradient = "direct"
     direct = _layer_gradients(conv, x, uses)
@@ -232,16 +253,19 @@ def test_a_gradient_penalty_through_the_layer_is_differentiated(monkeypatch):
 def test_only_the_layers_it_is_for_apply():
     x = torch.randn(1, 32, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not tile_conv_applies(Conv2d(32, 32, 3, padding=1), x)  # its own zero padding
+        assert not tile_conv_applies(Conv2d(32, 32, 3, padding=2), x)
+        assert not tile_conv_applies(Conv2d(32, 32, 3, padding=1, padding_mode="reflect"), x)
         assert not tile_conv_applies(Conv2d(32, 32, 3, stride=2), x)
-        assert not tile_conv_applies(Conv2d(32, 32, 4), x)
+        assert not tile_conv_applies(Conv2d(32, 32, 5), x)
+        assert not tile_conv_applies(Conv2d(32, 32, 4), x[..., :3, :3])  # no output pixel
         assert not tile_conv_applies(Conv2d(32, 48, 3), x)  # channels not in 32s
         assert not tile_conv_applies(Conv2d(32, 32, 3), x.contiguous())  # not channels-last
         frozen = Conv2d(32, 32, 3).requires_grad_(False)
         assert not tile_conv_applies(frozen, x)
         with torch.no_grad():
             assert not tile_conv_applies(Conv2d(32, 32, 3), x)
-        assert tile_conv_applies(Conv2d(32, 32, 3), x) == tile_kernels_available()
+        for layer in (Conv2d(32, 32, 3), Conv2d(32, 32, 3, padding=1), Conv2d(32, 64, 4, padding=1), Conv2d(64, 32, 4)):
+            assert tile_conv_applies(layer, x if layer.in_channels == 32 else x.repeat(1, 2, 1, 1).contiguous(memory_format=torch.channels_last)) == tile_kernels_available()
     with torch.autocast("cpu", dtype=torch.float16):
         assert not tile_conv_applies(Conv2d(32, 32, 3), x)
 

@@ -253,7 +253,7 @@ class Conv2d(WinogradCapable, nn.Conv2d):
             from gan_style.nn.tiles import tile_conv2d, tile_conv_applies  # it uses this module's layout helpers
 
             if tile_conv_applies(self, x):  # it casts the weight only where PyTorch's convolution runs
-                return tile_conv2d(x, self.weight, self.bias, step_cast(self.bias, x))
+                return tile_conv2d(x, self.weight, self.bias, step_cast(self.bias, x), self.padding[0])
         weight, bias = step_cast(self.weight, x), step_cast(self.bias, x)
         if (self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
                 and self.padding[0] == self.padding[1] and self.stride[0] == self.stride[1]):
