@@ -192,6 +192,29 @@ def test_a_layer_gives_its_fp32_master_the_gradient_of_its_bf16_convolution(uses
 
 
 @needs_tiles
+def test_a_frozen_layer_passes_the_input_gradient_back_by_tiles(monkeypatch):
+    """A frozen discriminator's layer (the generator's phase): the input's gradient by the tile
+    kernel, as PyTorch's but for a rounding now and then; no weight gradient."""
+    monkeypatch.setattr(MeasuredChoices, "verdict", lambda self, direct_ms, other_ms: self.alternative)
+    _forget_verdicts()
+    torch.manual_seed(0)
+    conv = Conv2d(64, 96, 4, padding=1).to(memory_format=torch.channels_last).requires_grad_(False)
+    x = torch.randn(2, 64, 11, 9).contiguous(memory_format=torch.channels_last)
+    grads = {}
+    for kernel in ("direct", "measured"):
+        conv.weight_gradient = kernel
+        leaf = x.clone().requires_grad_()
+        with weight_casts(torch.bfloat16), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(leaf)
+        out.float().square().mean().backward()
+        grads[kernel] = leaf.grad
+        assert conv.weight.grad is None and conv.bias.grad is None
+    assert any("input gradient only" in shape and v["kernel"] == "tiles" for shape, v in tile_gradient_choices().items())
+    torch.testing.assert_close(grads["measured"], grads["direct"], rtol=8e-3, atol=1e-3 * grads["direct"].abs().max().item())
+    _forget_verdicts()
+
+
+@needs_tiles
 def test_once_chosen_a_step_packs_each_weight_once_and_casts_it_never(monkeypatch):
     """With the tiles chosen both ways, a weight used twice in a step is packed once (straight from
     its fp32 master) and never cast to bf16; after an optimiser step, packed again."""
@@ -260,8 +283,8 @@ def test_only_the_layers_it_is_for_apply():
         assert not tile_conv_applies(Conv2d(32, 32, 4), x[..., :3, :3])  # no output pixel
         assert not tile_conv_applies(Conv2d(32, 48, 3), x)  # channels not in 32s
         assert not tile_conv_applies(Conv2d(32, 32, 3), x.contiguous())  # not channels-last
-        frozen = Conv2d(32, 32, 3).requires_grad_(False)
-        assert not tile_conv_applies(frozen, x)
+        frozen = Conv2d(32, 32, 3).requires_grad_(False)  # a discriminator in the generator's phase: its input gradient
+        assert tile_conv_applies(frozen, x) == tile_kernels_available()
         with torch.no_grad():
             assert not tile_conv_applies(Conv2d(32, 32, 3), x)
         for layer in (Conv2d(32, 32, 3), Conv2d(32, 32, 3, padding=1), Conv2d(32, 64, 4, padding=1), Conv2d(64, 32, 4)):

@@ -18,8 +18,9 @@ sessions s and t).
 A layer that qualifies (:func:`tile_conv_applies`: a :class:`~gan_style.nn.layers.Conv2d` with a
 3x3 or 4x4 kernel, stride 1, zero padding of 0 or 1 (the residual blocks' reflection pads come
 before their layers; the PatchGAN discriminators' 4x4 stride-1 layer pads by 1), channels
-multiples of 32, a channels-last bf16 input under CPU autocast, a weight that needs its gradient)
-hands autograd the fp32 gradients of its weight and bias themselves. Each shape's forward and
+multiples of 32, a channels-last bf16 input under CPU autocast with autograd on) hands autograd the
+fp32 gradients of its weight and bias themselves; a frozen one (a discriminator in the
+generator's phase) gets only its input gradient. Each shape's forward and
 backward are timed both ways at their first use (:data:`forward_verdicts`, :data:`verdicts`;
 ``tile_forward_choices``, ``tile_gradient_choices``) and the faster runs from then on; once both
 chose the tiles, the layer's weight is never cast to bf16. A gradient penalty through the layer
@@ -74,12 +75,14 @@ def tile_kernels_available() -> bool:
 
 
 def _describe(key: tuple) -> str:
-    (n, c_in, h, w), c_out, kernel_size, padding, threads = key
-    return f"{n}x{c_in}x{h}x{w} -> {c_out}, {kernel_size}x{kernel_size}, padding {padding}, bf16, {threads} threads"
+    (n, c_in, h, w), c_out, kernel_size, padding, threads, *weight_gradient = key
+    what = "" if not weight_gradient else ", with the weight's gradient" if weight_gradient[0] else ", input gradient only"
+    return f"{n}x{c_in}x{h}x{w} -> {c_out}, {kernel_size}x{kernel_size}, padding {padding}, bf16, {threads} threads{what}"
 
 
-#: per shape: PyTorch's whole backward ("direct") or the tile kernels' ("tiles");
-#: five rounds each (a layer's backward is 2-5 ms: two rounds chose either way by chance)
+#: per shape and whether the weight takes a gradient (a frozen discriminator's does not): PyTorch's
+#: whole backward ("direct") or the tile kernels' ("tiles"); five rounds each (a layer's backward is
+#: 2-5 ms: two rounds chose either way by chance)
 verdicts = MeasuredChoices("tiles", _describe, rounds=5)
 
 #: per shape: PyTorch's forward ("direct") or the tile kernel's ("tiles")
@@ -102,7 +105,7 @@ def tile_conv_applies(conv: nn.Conv2d, x: Tensor) -> bool:
             and conv.padding_mode == "zeros" and conv.dilation == (1, 1) and conv.groups == 1
             and conv.in_channels % TILE_CHANNELS == 0 and conv.out_channels % TILE_CHANNELS == 0
             and x.dim() == 4 and min(x.shape[2:]) + 2 * conv.padding[0] >= conv.kernel_size[0]
-            and x.device.type == "cpu" and is_channels_last(x) and conv.weight.requires_grad
+            and x.device.type == "cpu" and is_channels_last(x)
             and conv.weight.dtype == torch.float32 and torch.is_grad_enabled() and autocast_on(x)
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and tile_kernels_available())
 
@@ -132,12 +135,13 @@ class _TileConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, bias_cast: Tensor | None, padding: int) -> Tensor:
         key = (tuple(x.shape), weight.shape[0], weight.shape[2], padding, torch.get_num_threads())
+        backward_key = (*key, weight.requires_grad)
         packs = weight_packs(weight)
         # the bf16 cast only where one of PyTorch's ways may run: while measuring, or chosen
-        tiles_only = forward_verdicts.chosen(key) == verdicts.chosen(key) == "tiles"
+        tiles_only = forward_verdicts.chosen(key) == verdicts.chosen(backward_key) == "tiles"
         weight_cast = None if tiles_only else _weight_cast(weight, x)
         ctx.save_for_backward(x, packs[1], weight_cast)
-        ctx.key, ctx.has_bias, ctx.weight, ctx.weight_version = key, bias is not None, weight, weight._version
+        ctx.key, ctx.has_bias, ctx.weight, ctx.weight_version = backward_key, bias is not None, weight, weight._version
         return forward_verdicts.run(key, lambda: F.conv2d(x, weight_cast, bias_cast, padding=padding),
                                     lambda: tile_forward(x, packs[0], bias_cast, weight.shape[2], padding))
 
@@ -147,8 +151,7 @@ class _TileConv(torch.autograd.Function):
         key, padding = ctx.key, ctx.key[3]
         needs = conv_gradients_needed(ctx)
         grad_out = grad_out.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        # create_graph (R1): PyTorch's backward, which autograd differentiates; likewise without a weight gradient
-        pytorch_only = torch.is_grad_enabled() or not needs[1]
+        pytorch_only = torch.is_grad_enabled()  # create_graph (R1): PyTorch's backward, which autograd differentiates
         if weight_cast is None and (pytorch_only or verdicts.chosen(key) != "tiles"):
             weight_cast = _cast_for_backward(ctx)
         if pytorch_only:
@@ -176,8 +179,8 @@ def _backward(kernel: str, grad_out: Tensor, x: Tensor, weight_cast: Tensor | No
         return _for_masters(*pytorch_conv_backward(grad_out, x, weight_cast, needs, padding=padding))
     kernel_size = x.shape[2] + 2 * padding - grad_out.shape[2] + 1
     grad_input = tile_input_gradient(grad_out, input_gradient_pack, x.shape[1], kernel_size, padding) if needs[0] else None
-    grad_weight, grad_bias = tile_weight_gradient(x, grad_out, padding)
-    return grad_input, grad_weight, grad_bias if needs[2] else None
+    grad_weight, grad_bias = tile_weight_gradient(x, grad_out, padding) if needs[1] or needs[2] else (None, None)
+    return grad_input, grad_weight if needs[1] else None, grad_bias if needs[2] else None
 
 
 def _for_masters(grad_input: Tensor | None, grad_weight: Tensor | None, grad_bias: Tensor | None) -> tuple[Tensor | None, ...]:
