@@ -78,8 +78,8 @@ static void configure_tiles(void)
    ~6 ms of a 260 ms bf16 FastCUT step: its bookkeeping runs cold there). gs_tiles_release frees
    them; with gs_tiles_poison_scratch(1) every buffer handed out is filled with NaNs first (tests:
    a value read before it is written shows). */
-static _Thread_local void *scratch_buffers[3];
-static _Thread_local size_t scratch_sizes[3];
+static _Thread_local void *scratch_buffers[4];
+static _Thread_local size_t scratch_sizes[4];
 static int poison_scratch;
 
 static void *scratch(int slot, size_t bytes)
@@ -98,7 +98,7 @@ static void *scratch(int slot, size_t bytes)
 
 void gs_tiles_release(void)
 {
-    for (int slot = 0; slot < 3; slot++) {
+    for (int slot = 0; slot < 4; slot++) {
         free(scratch_buffers[slot]);
         scratch_buffers[slot] = NULL;
         scratch_sizes[slot] = 0;
@@ -146,6 +146,15 @@ static inline __m512i interleaved_16(const bf16 *top, const bf16 *bottom)
     const __m512i rows = _mm512_inserti64x4(_mm512_castsi256_si512(top ? _mm256_loadu_si256((const __m256i *)top) : zero),
                                             bottom ? _mm256_loadu_si256((const __m256i *)bottom) : zero, 1);
     return _mm512_permutexvar_epi16(interleave, rows);
+}
+
+/* 16 fp32 values written past the caches where out is 64-byte aligned (a whole line), else stored. */
+static inline void stream_or_store(float *out, __m512 values)
+{
+    if ((uintptr_t)out % 64 == 0)
+        _mm512_stream_ps(out, values);
+    else
+        _mm512_storeu_ps(out, values);
 }
 
 /* out[2 c + u] = (u ? bottom : top)[c] for 16 channels; a NULL row reads as zeros. */
@@ -290,10 +299,14 @@ static void paired_rows(const bf16 *x, bf16 *pairs, const struct geometry *g, i6
 
    Per 32 x 32 block of (output, input) channels the positions go in runs of at most 8 tile rows:
    the run's A (32 channels x 256 positions, 16 KB) and the input pairs its taps read (21 KB for a
-   3x3 kernel at 32x32) stay in L1 while the taps' sums go from the accumulators to dW and back
-   between runs (8 KB each way per tap). Running each tap over all positions instead read both
-   operands from L2 at every step: up to 1.9x slower (256 channels at 32x32 0.95, 64 channels at
-   128x128 0.53 of the time). */
+   3x3 kernel at 32x32) stay in L1 while the taps' sums go from the accumulators to a buffer of
+   the thread's and back between runs (4 KB each way per tap). Running each tap over all
+   positions instead read both operands from L2 at every step: up to 1.9x slower (256 channels at
+   32x32 0.95, 64 channels at 128x128 0.53 of the time). Spilling to dW itself, whose rows are
+   9 KB apart, crowded a few L1 sets: 1.16x slower at 256 channels, alone. After the last run the
+   sums go to dW by streaming stores: its 2.4 MB (256 channels) are not read from memory before
+   they are written, and the optimiser reads them much later (in a bf16 FastCUT step, the weight
+   gradients took 0.86 of the time). */
 int gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float *db, i64 batch, i64 in_h, i64 in_w, i64 c_in,
                                  i64 c_out, i64 k, i64 pad)
 {
@@ -302,7 +315,8 @@ int gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float
     const i64 pair_rows = k_pad / 2 + tap_offset(&g, (int)g.taps - 1) / 2 + 1; /* the last tap's run, in pairs */
     bf16 *a_before = scratch(0, sizeof(bf16) * (c_out * a_row + 1)), *pairs = scratch(1, sizeof(bf16) * batch * pair_rows * c_in * 2);
     float *sums = scratch(2, sizeof(float) * batch * c_out);
-    if (a_before == NULL || pairs == NULL || sums == NULL)
+    float *spills = scratch(3, sizeof(float) * omp_get_max_threads() * g.taps * 32 * 32);
+    if (a_before == NULL || pairs == NULL || sums == NULL || spills == NULL)
         return -1;
     bf16 *a = a_before + 1;
     a_before[0] = 0;
@@ -313,44 +327,53 @@ int gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float
             db[o] += sums[s * c_out + o];
     }
     paired_rows(x, pairs, &g, c_in, pair_rows);
-    const i64 steps = k_pad / 32, runs = (steps + 7) / 8, run_steps = (steps + runs - 1) / runs;
-    const i64 row_stride = g.taps * c_in; /* values from one output channel to the next in dW */
+    const i64 longest = k == 3 ? 8 : 12; /* a 4x4 kernel's 16 taps: fewer runs, fewer spills (0.87 of the time at 256 -> 512, 16x16) */
+    const i64 steps = k_pad / 32, runs = (steps + longest - 1) / longest, run_steps = (steps + runs - 1) / runs;
     _Pragma("omp parallel")
     {
         configure_tiles();
+        float *own_spills = spills + omp_get_thread_num() * g.taps * 32 * 32; /* per tap, the four accumulators one after the other */
         _Pragma("omp for schedule(static) collapse(2)")
         for (i64 o0 = 0; o0 < c_out; o0 += 32)
             for (i64 i0 = 0; i0 < c_in; i0 += 32)
                 for (i64 s = 0; s < batch; s++)
                     for (i64 k0 = 0; k0 < k_pad; k0 += 32 * run_steps) {
                         const i64 k1 = k0 + 32 * run_steps < k_pad ? k0 + 32 * run_steps : k_pad;
-                        const int first = s == 0 && k0 == 0;
+                        const int first = s == 0 && k0 == 0, last = s == batch - 1 && k1 == k_pad;
                         const bf16 *image_pairs = pairs + s * pair_rows * c_in * 2 + i0 * 2;
                         for (int tap = 0; tap < g.taps; tap++) {
                             const i64 offset = tap_offset(&g, tap), shift = offset & 1; /* the input row of position 0 */
-                            float *out = dw + (o0 * g.taps + tap) * c_in + i0;
+                            float *spill = own_spills + tap * 32 * 32;
                             if (first) {
                                 _tile_zero(0);
                                 _tile_zero(1);
                                 _tile_zero(2);
                                 _tile_zero(3);
                             } else {
-                                _tile_loadd(0, out, row_stride * 4);
-                                _tile_loadd(1, out + 16, row_stride * 4);
-                                _tile_loadd(2, out + 16 * row_stride, row_stride * 4);
-                                _tile_loadd(3, out + 16 * row_stride + 16, row_stride * 4);
+                                _tile_loadd(0, spill, 64);
+                                _tile_loadd(1, spill + 256, 64);
+                                _tile_loadd(2, spill + 512, 64);
+                                _tile_loadd(3, spill + 768, 64);
                             }
                             const bf16 *a_top = a + o0 * a_row + s * k_pad - shift, *a_bottom = a_top + 16 * a_row;
                             for (i64 kk = k0; kk < k1; kk += 32) {
                                 const bf16 *b = image_pairs + ((offset - shift) / 2 + kk / 2) * c_in * 2;
                                 accumulate_block(a_top + kk, a_bottom + kk, a_row * 2, b, c_in * 4, b + 32);
                             }
-                            _tile_stored(0, out, row_stride * 4);
-                            _tile_stored(1, out + 16, row_stride * 4);
-                            _tile_stored(2, out + 16 * row_stride, row_stride * 4);
-                            _tile_stored(3, out + 16 * row_stride + 16, row_stride * 4);
+                            _tile_stored(0, spill, 64);
+                            _tile_stored(1, spill + 256, 64);
+                            _tile_stored(2, spill + 512, 64);
+                            _tile_stored(3, spill + 768, 64);
+                            if (last) /* dW's rows past the caches: no read of its lines before they are written */
+                                for (int r = 0; r < 32; r++) {
+                                    float *out = dw + ((o0 + r) * g.taps + tap) * c_in + i0;
+                                    const float *sums_row = spill + (r / 16) * 512 + (r % 16) * 16;
+                                    stream_or_store(out, _mm512_loadu_ps(sums_row));
+                                    stream_or_store(out + 16, _mm512_loadu_ps(sums_row + 256));
+                                }
                         }
                     }
+        _mm_sfence();
         _tile_release();
     }
     return 0;
