@@ -192,6 +192,28 @@ def test_a_layer_gives_its_fp32_master_the_gradient_of_its_bf16_convolution(uses
 
 
 @needs_tiles
+def test_torch_compile_runs_the_tile_kernels_eagerly(monkeypatch):
+    """train.compile=true: inductor must not trace the C kernels (they write through data_ptr(),
+    which it does not see), so the layer stays an eager island with the same values."""
+    monkeypatch.setattr(MeasuredChoices, "verdict", lambda self, direct_ms, other_ms: self.alternative)
+    _forget_verdicts()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Conv2d(32, 32, 4, padding=1), torch.nn.ReLU(), Conv2d(32, 32, 3)).to(memory_format=torch.channels_last)
+    for conv in (net[0], net[2]):
+        conv.weight_gradient = "measured"
+    x = torch.randn(1, 32, 12, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
+    results = []
+    for model in (net, torch.compile(net)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        results.append((out, *torch.autograd.grad(out.float().square().sum(), [x, net[0].weight])))
+    assert any(v["kernel"] == "tiles" for v in tiles.tile_forward_choices().values())
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-2, atol=1e-2 * reference.abs().max().item())
+    _forget_verdicts()
+
+
+@needs_tiles
 def test_a_frozen_layer_passes_the_input_gradient_back_by_tiles(monkeypatch):
     """A frozen discriminator's layer (the generator's phase): the input's gradient by the tile
     kernel, as PyTorch's but for a rounding now and then; no weight gradient."""

@@ -110,6 +110,7 @@ def tile_conv_applies(conv: nn.Conv2d, x: Tensor) -> bool:
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and tile_kernels_available())
 
 
+@torch.compiler.disable  # torch.compile must not trace it: the C kernels write through data_ptr(), unseen by inductor
 def tile_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, bias_cast: Tensor | None, padding: int = 0) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=padding)`` in bf16 whose backward gives ``weight`` and
     ``bias`` (the fp32 masters) their fp32 gradients, its forward and backward by tiles where
