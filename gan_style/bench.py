@@ -142,7 +142,7 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     from gan_style.methods import get_method
     from gan_style.nn.narrow import narrow_choices
     from gan_style.nn.strided import weight_gradient_choices
-    from gan_style.nn.tiles import tile_gradient_choices
+    from gan_style.nn.tiles import tile_forward_choices, tile_gradient_choices
 
     method_cls = get_method(method_name)
     batch_size = batch_size or method_cls.bench_batch_size
@@ -197,9 +197,12 @@ def run_benchmark(method_name: str, size: int, steps: int = 5, warmup: int = 2, 
     narrow = narrow_choices()  # the image-facing layers' passes, likewise
     if narrow:
         result["narrow_convolutions"] = narrow
-    tiles = tile_gradient_choices()  # the 3x3 layers' backward in bf16 steps on a CPU with AMX, likewise
+    tiles = tile_gradient_choices()  # the 3x3 and 4x4 layers' backward in bf16 steps on a CPU with AMX, likewise
     if tiles:
         result["tile_weight_gradients"] = tiles
+    tile_forwards = tile_forward_choices()  # and their forward
+    if tile_forwards:
+        result["tile_forwards"] = tile_forwards
     if trainer.device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # Peak memory is read above, so the counted step and the matmul below change no figure that

@@ -63,7 +63,8 @@ class TrainConfig:
     # "auto": where measured faster at start; false: PyTorch's direct convolutions throughout.
     # Unless false, the strided convolutions' weight gradients of those steps run by im2col where
     # timed faster for their shape at first use (gan_style.nn.strided), and in bf16 steps on a CPU
-    # with AMX the unpadded stride-1 3x3 layers' backward by tiles where so timed (gan_style.nn.tiles).
+    # with AMX the stride-1 3x3 and 4x4 layers' forward and backward by tiles where so timed
+    # (gan_style.nn.tiles).
     winograd: bool | Literal["auto"] = "auto"
     compile: bool = False
     # After each optimisation phase on the CPU, hand the C heap's free pages back to the system

@@ -86,8 +86,9 @@ class KernelChoice:
     conv_kernel: str = "direct"  # see gan_style.nn.layers.Conv2d.kernel
     weight_gradient: str = "direct"  # strided convolutions' weight gradient: "direct" or "measured" (per shape)
     narrow: str = "direct"  # the image-facing convolutions (a side of <= 4 channels): "direct" or "measured" (per pass)
-    # bf16 steps on a CPU with AMX (weight_gradient "measured"): the unpadded 3x3 convolutions'
-    # backward by tiles (fp32 weight gradients) where timed faster per shape (gan_style.nn.tiles)
+    # bf16 steps on a CPU with AMX (weight_gradient "measured"): the stride-1 3x3 and 4x4
+    # convolutions (zero padding 0 or 1) by tiles, forward and backward (fp32 weight gradients),
+    # where timed faster per shape (gan_style.nn.tiles)
     tile_gradients: bool = False
 
     @property
@@ -101,7 +102,7 @@ class KernelChoice:
         if self.conv_kernel == "winograd" and self.channels_last and fused_winograd_available():
             convs = "winograd (fused C transforms) 3x3, 4x4 and 5x5 convolutions"
         if self.tile_gradients:
-            convs += ", 3x3 backward by AMX tiles (fp32 weight gradients) where timed faster"
+            convs += ", stride-1 3x3 and 4x4 convolutions by AMX tiles (fp32 weight gradients) where timed faster"
         elif self.weight_gradient == "measured":
             convs += ", strided weight gradients by im2col where timed faster"
         if self.narrow == "measured":
@@ -259,8 +260,8 @@ def _choose(device_type: str, device_index: int | None, dtype: torch.dtype, thre
     # The strided convolutions' weight gradients, in the same fp32 CPU steps, are timed per shape at
     # their first use (gan_style.nn.strided): oneDNN's or im2col's, whichever is faster
     weight_gradient = "measured" if winograd_possible else "direct"
-    # In bf16 steps on a CPU with AMX, the unpadded stride-1 3x3 layers' backward likewise: oneDNN's,
-    # or the tile kernels' with the weight gradient in fp32 (gan_style.nn.tiles)
+    # In bf16 steps on a CPU with AMX, the stride-1 3x3 and 4x4 layers' forward and backward likewise:
+    # oneDNN's, or the tile kernels' with the weight gradient in fp32 (gan_style.nn.tiles)
     tile_gradients = (dtype == torch.bfloat16 and device.type == "cpu" and has_winograd_layers and winograd is not False
                       and tile_kernels_available())
     if tile_gradients:
