@@ -239,6 +239,42 @@ static inline void transpose_16x16_pairs(const bf16 *in, i64 in_stride, bf16 *ou
     }
 }
 
+/* The forward's and the input gradient's unit of work: a block of 32 positions x 32 channels of
+   the result. Items go over the channel blocks first (weight_outer: a thread's share of the weight
+   pack stays in its L2 while it walks the positions) or over the positions first (where the image
+   operand is the larger). */
+struct block_item {
+    i64 c0, s, p0; /* the block's first channel, its image, its first position */
+};
+
+static inline struct block_item block_of(i64 item, int weight_outer, i64 channel_blocks, i64 batch, i64 blocks)
+{
+    const i64 channel_block = weight_outer ? item / (batch * blocks) : item % channel_blocks;
+    const i64 image_block = weight_outer ? item % (batch * blocks) : item / channel_blocks;
+    return (struct block_item){32 * channel_block, image_block / blocks, image_block % blocks * 32};
+}
+
+/* sums[p][c] = sum over taps t and the K channels k of A_t[p][k] B[t][k][c] for one block: A_t the
+   32 rows from base + direction offset_t (rows of `channels` values, 16 per tile), B the block's
+   packed taps from b, in the order read. */
+static inline void block_product(const bf16 *base, i64 direction, const struct geometry *g, i64 channels, const bf16 *b,
+                                 float sums[32][32])
+{
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int tap = 0; tap < g->taps; tap++) {
+        const bf16 *a = base + direction * tap_offset(g, tap) * channels;
+        for (i64 k0 = 0; k0 < channels; k0 += 32, b += 32 * 32)
+            accumulate_block(a + k0, a + 16 * channels + k0, channels * 2, b, 64, b + 16 * 32);
+    }
+    _tile_stored(0, &sums[0][0], 32 * 4);
+    _tile_stored(1, &sums[0][16], 32 * 4);
+    _tile_stored(2, &sums[16][0], 32 * 4);
+    _tile_stored(3, &sums[16][16], 32 * 4);
+}
+
 /* The weight gradient, per tap one product over positions: dW_t = A B_t.
    - A[o][p] = dy at position p, zero at a row's last k - 1 positions (beyond the output's
      columns); dy transposed (the product's K must run along A's rows) and widened, batch x k_pad
@@ -383,11 +419,9 @@ int gs_tile_weight_gradient_bf16(const bf16 *x, const bf16 *dy, float *dw, float
    16 consecutive rows of D, B tiles the weight's input-gradient pack. Blocks of 32 positions x 32
    input channels.
 
-   The threads share the blocks of input channels first where the weight is larger than D: a
-   thread's share of the pack (147 KB per block at 256 channels, 3x3) stays in its L2 cache while
-   it walks the positions; walking the channel blocks inside each block of positions read the
-   whole weight (1.2 MB) per block, more than L2 keeps beside D (15 % slower at 256 channels,
-   32x32). Where D is the larger, the other way round. */
+   Over the channel blocks first where the weight is larger than D (block_of): walking them inside
+   each block of positions read the whole pack (1.2 MB at 256 channels, 3x3) per block, more than
+   L2 keeps beside D (15 % slower at 256 channels, 32x32). */
 
 /* dy: batch x h x w x c_out, dx: batch x in_h x in_w x c_in (bf16, channels-last; written).
    Scratch: D, batch x d_rows x c_out, with k - 1 zero rows above and below and room for the last
@@ -419,23 +453,9 @@ int gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i6
         const int weight_outer = g.taps * c_in > batch * d_rows; /* the weight (k k c_in rows of c_out) larger than D */
         _Pragma("omp for schedule(static)")
         for (i64 item = 0; item < items; item++) {
-            const i64 i0 = 32 * (weight_outer ? item / (batch * blocks) : item % channel_blocks);
-            const i64 image_block = weight_outer ? item % (batch * blocks) : item / channel_blocks;
-            const i64 s = image_block / blocks, p0 = image_block % blocks * 32;
-            const bf16 *b = packed + i0 * g.taps * c_out; /* this channel block's taps, in the order read */
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int tap = 0; tap < g.taps; tap++) {
-                const bf16 *a = d + (s * d_rows + p0 + lead - tap_offset(&g, tap)) * c_out;
-                for (i64 o0 = 0; o0 < c_out; o0 += 32, b += 32 * 32)
-                    accumulate_block(a + o0, a + 16 * c_out + o0, c_out * 2, b, 64, b + 16 * 32);
-            }
-            _tile_stored(0, &sums[0][0], 32 * 4);
-            _tile_stored(1, &sums[0][16], 32 * 4);
-            _tile_stored(2, &sums[16][0], 32 * 4);
-            _tile_stored(3, &sums[16][16], 32 * 4);
+            const struct block_item block = block_of(item, weight_outer, channel_blocks, batch, blocks);
+            const i64 i0 = block.c0, s = block.s, p0 = block.p0;
+            block_product(d + (s * d_rows + p0 + lead) * c_out, -1, &g, c_out, packed + i0 * g.taps * c_out, sums);
             for (i64 p = 0; p < 32 && p0 + p < pixels; p++) {
                 const i64 y = (p0 + p) / row_width - pad, x = (p0 + p) % row_width - pad;
                 if (y < 0 || y >= in_h || x < 0 || x >= in_w) /* the padding's own gradient */
@@ -492,9 +512,8 @@ int gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf
         const int weight_outer = g.taps * c_out > batch * image_rows; /* the weight (k k c_out rows of c_in) larger than x */
         _Pragma("omp for schedule(static)")
         for (i64 item = 0; item < items; item++) {
-            const i64 o0 = 32 * (weight_outer ? item / (batch * blocks) : item % channel_blocks);
-            const i64 image_block = weight_outer ? item % (batch * blocks) : item / channel_blocks;
-            const i64 s = image_block / blocks, p0 = image_block % blocks * 32;
+            const struct block_item block = block_of(item, weight_outer, channel_blocks, batch, blocks);
+            const i64 o0 = block.c0, s = block.s, p0 = block.p0;
             const i64 rows_there = pad ? image_rows : g.padded_pixels;
             const bf16 *rows = image + (s * rows_there + p0) * c_in;
             if (!pad && p0 + reach > g.padded_pixels) { /* the image's last blocks: their rows, then zeros */
@@ -503,20 +522,7 @@ int gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf
                 memset(own_tail + (g.padded_pixels - p0) * c_in, 0, sizeof(bf16) * (reach - (g.padded_pixels - p0)) * c_in);
                 rows = own_tail;
             }
-            const bf16 *b = packed + o0 * g.taps * c_in; /* this channel block's taps, in the order read */
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int tap = 0; tap < g.taps; tap++) {
-                const bf16 *a = rows + tap_offset(&g, tap) * c_in;
-                for (i64 i0 = 0; i0 < c_in; i0 += 32, b += 32 * 32)
-                    accumulate_block(a + i0, a + 16 * c_in + i0, c_in * 2, b, 64, b + 16 * 32);
-            }
-            _tile_stored(0, &sums[0][0], 32 * 4);
-            _tile_stored(1, &sums[0][16], 32 * 4);
-            _tile_stored(2, &sums[16][0], 32 * 4);
-            _tile_stored(3, &sums[16][16], 32 * 4);
+            block_product(rows, 1, &g, c_in, packed + o0 * g.taps * c_in, sums);
             const f32x16 bias_low = bias ? bf16x16_load(bias + o0) : (f32x16){0}, bias_high = bias ? bf16x16_load(bias + o0 + 16) : (f32x16){0};
             for (i64 p = 0; p < 32 && p0 + p < positions; p++) {
                 const i64 row = (p0 + p) / row_width, column = (p0 + p) % row_width;
