@@ -72,8 +72,9 @@ static void configure_tiles(void)
     _tile_loadconfig(&config);
 }
 
-/* The kernels' working buffers (dL/dy transposed, the input's row pairs, dL/dy on the input's
-   grid, an image's last rows): the calling thread's, kept between calls and grown when a larger
+/* The kernels' working buffers (dL/dy transposed, the input's row pairs, the weight gradient's
+   spilled sums, dL/dy on the input's grid, a padded copy of the input, an image's last rows): the
+   calling thread's, kept between calls and grown when a larger
    layer needs more, so that a call allocates nothing (in a training step a Python-side pool cost
    ~6 ms of a 260 ms bf16 FastCUT step: its bookkeeping runs cold there). gs_tiles_release frees
    them; with gs_tiles_poison_scratch(1) every buffer handed out is filled with NaNs first (tests:

@@ -56,6 +56,7 @@ from torch import Tensor
 
 from gan_style.nn.layers import conv_gradients_needed, is_channels_last, pytorch_conv_backward
 from gan_style.nn.native import compile_library
+from gan_style.nn.tiles import release_tile_buffers
 
 
 def _toom_cook(m: int, r: int, points: tuple[Fraction, ...]) -> tuple[list[list[Fraction]], ...]:
@@ -333,8 +334,6 @@ scratch = _ScratchBuffers()
 
 def release_scratch_buffers() -> None:
     """Return the memory the fused Winograd path and the tile kernels keep between layers (this thread's) to the allocator."""
-    from gan_style.nn.tiles import release_tile_buffers  # it imports this module
-
     scratch.clear()
     release_tile_buffers()
 
