@@ -14,8 +14,8 @@ each instance norm as separate modules against their fusion into the norm's C pa
 (train.fuse_activations, gan_style.engine.kernels.fuse_norm_activations), the norm fused in both.
 ``--compare casts`` (mixed-precision steps): autocast's weight casts, once per autocast region,
 against one per weight version (gan_style.nn.layers.weight_casts). ``--compare tiles`` (bf16 steps on
-a CPU with AMX): PyTorch's backward of the unpadded stride-1 3x3 layers against their weight and input
-gradients by the tile kernels where timed faster (gan_style.nn.tiles).
+a CPU with AMX): PyTorch's convolutions of the stride-1 3x3 and 4x4 layers against their forward
+and backward by the tile kernels where timed faster (gan_style.nn.tiles).
 
     python eval/conv_kernel_ab.py fastcut --size 128 --steps 16 [--set flip_equivariance=false]
     python eval/conv_kernel_ab.py cut --size 128 --steps 10 --compare sampling --set train.mixed_precision=bf16
@@ -84,7 +84,7 @@ def main() -> None:
                              "pages: PyTorch's CPU allocator against freed pages reused; norm: the batch-norm against the fused "
                              "instance norm; sampling: CUT's sampling and reflection pads by PyTorch against the C passes; "
                              "activations: the norms' activations as modules against fused into the norm; casts: autocast's weight "
-                             "casts against one per weight version; tiles: PyTorch's bf16 3x3 backward against the tile kernels'")
+                             "casts against one per weight version; tiles: PyTorch's bf16 3x3 and 4x4 convolutions against the tile kernels'")
     parser.add_argument("--page-min-mb", type=float, default=PAGE_REUSE_MIN_BYTES / 2**20,
                         help="--compare pages: the smallest block served from freed pages, in MB")
     args = parser.parse_args()

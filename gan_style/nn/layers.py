@@ -244,8 +244,8 @@ class Conv2d(WinogradCapable, nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict keys) whose zero-padded, ungrouped forms run by
     the trainer's measured kernels (:class:`WinogradCapable`): stride 1 by Winograd in fp32 steps,
     larger square strides with their weight gradient by im2col where faster; in bf16 steps on a
-    CPU with AMX, the 3x3 ones without padding with their backward by tiles where faster
-    (``gan_style.nn.tiles``); every other case directly. In a mixed-precision step its weights'
+    CPU with AMX, the stride-1 3x3 and 4x4 ones with zero padding 0 or 1 forward and backward by
+    tiles where faster (``gan_style.nn.tiles``); every other case directly. In a mixed-precision step its weights'
     casts are the step's (:func:`weight_casts`)."""
 
     def forward(self, x: Tensor) -> Tensor:

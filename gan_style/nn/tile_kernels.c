@@ -129,13 +129,36 @@ static inline i64 tap_offset(const struct geometry *g, int tap)
     return (tap / g->k) * g->row_width + tap % g->k;
 }
 
+/* The pixel of image s (images of h x w pixels) that position r of a grid of row_width columns
+   holds when the image is laid on it `border` rows down and columns in; NULL where that is outside
+   the image (a zero). */
+static inline const bf16 *grid_pixel(const bf16 *image, i64 s, i64 r, i64 h, i64 w, i64 channels, i64 row_width, i64 border)
+{
+    const i64 y = r / row_width - border, x = r % row_width - border;
+    if (y < 0 || y >= h || x < 0 || x >= w)
+        return NULL;
+    return image + ((s * h + y) * w + x) * channels;
+}
+
 /* Image s's pixel at padded position r, NULL where that is padding or past the image. */
 static inline const bf16 *padded_pixel(const bf16 *x, const struct geometry *g, i64 s, i64 r, i64 channels)
 {
-    const i64 y = r / g->row_width - g->pad, x_ = r % g->row_width - g->pad;
-    if (r >= g->padded_pixels || y < 0 || y >= g->in_h || x_ < 0 || x_ >= g->in_w)
-        return NULL;
-    return x + ((s * g->in_h + y) * g->in_w + x_) * channels;
+    return grid_pixel(x, s, r, g->in_h, g->in_w, channels, g->row_width, g->pad);
+}
+
+/* grid[s][r] = the images laid on grids of grid_rows positions (grid_pixel), zeros elsewhere. */
+static void lay_on_grid(const bf16 *image, i64 batch, i64 h, i64 w, i64 channels, bf16 *grid, i64 grid_rows, i64 row_width, i64 border)
+{
+    _Pragma("omp parallel for schedule(static) collapse(2)")
+    for (i64 s = 0; s < batch; s++)
+        for (i64 r = 0; r < grid_rows; r++) {
+            const bf16 *pixel = grid_pixel(image, s, r, h, w, channels, row_width, border);
+            bf16 *row = grid + (s * grid_rows + r) * channels;
+            if (pixel)
+                memcpy(row, pixel, sizeof(bf16) * channels);
+            else
+                memset(row, 0, sizeof(bf16) * channels);
+        }
 }
 
 /* 32 values (top[c], bottom[c]) for 16 channels c; a NULL row reads as zeros. */
@@ -436,16 +459,7 @@ int gs_tile_input_gradient_bf16(const bf16 *dy, const bf16 *packed, bf16 *dx, i6
     bf16 *d = scratch(0, sizeof(bf16) * batch * d_rows * c_out);
     if (d == NULL)
         return -1;
-    _Pragma("omp parallel for schedule(static) collapse(2)")
-    for (i64 s = 0; s < batch; s++)
-        for (i64 r = 0; r < d_rows; r++) {
-            bf16 *row = d + (s * d_rows + r) * c_out;
-            const i64 y = r / row_width - (k - 1), x = r % row_width - (k - 1);
-            if (y >= 0 && y < g.h && x >= 0 && x < g.w)
-                memcpy(row, dy + ((s * g.h + y) * g.w + x) * c_out, sizeof(bf16) * c_out);
-            else
-                memset(row, 0, sizeof(bf16) * c_out);
-        }
+    lay_on_grid(dy, batch, g.h, g.w, c_out, d, d_rows, row_width, k - 1);
     _Pragma("omp parallel")
     {
         configure_tiles();
@@ -491,18 +505,8 @@ int gs_tile_forward_bf16(const bf16 *x, const bf16 *packed, const bf16 *bias, bf
     bf16 *tail = pad ? NULL : scratch(0, sizeof(bf16) * omp_get_max_threads() * reach * c_in);
     if (pad ? padded == NULL : tail == NULL)
         return -1;
-    if (pad) {
-        _Pragma("omp parallel for schedule(static) collapse(2)")
-        for (i64 s = 0; s < batch; s++)
-            for (i64 r = 0; r < image_rows; r++) {
-                const bf16 *pixel = padded_pixel(x, &g, s, r, c_in);
-                bf16 *row = padded + (s * image_rows + r) * c_in;
-                if (pixel)
-                    memcpy(row, pixel, sizeof(bf16) * c_in);
-                else
-                    memset(row, 0, sizeof(bf16) * c_in);
-            }
-    }
+    if (pad)
+        lay_on_grid(x, batch, in_h, in_w, c_in, padded, image_rows, row_width, pad);
     const bf16 *image = pad ? padded : x;
     _Pragma("omp parallel")
     {
